@@ -1,0 +1,177 @@
+"""The host: loads plugins, builds a profile's components, runs the scheduler and relays lifecycle and events.
+
+Every hook receives the host, so new needs become attributes here instead of new hook arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from anchorcast.components import LipEngine, Output, Source, Voice
+from anchorcast.errors import AnchorcastError
+from anchorcast.media import Event, StreamFormat
+from anchorcast.plugin_manager import PluginManager, PluginPolicy
+from anchorcast.profile import Profile, Stage, load_profile, plugin_settings
+from anchorcast.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Host:
+    """One anchorcast process: the plugin manager, the registry and (while running) the current stream.
+
+    Attributes plugins may read: ``plugins`` (the :class:`PluginManager`), ``profile`` and ``format`` of the
+    current run, ``scheduler`` while a run is in progress, ``last_report`` (the latest metrics report).
+    """
+
+    def __init__(self, manager: PluginManager) -> None:
+        self.plugins = manager
+        self.profile: Profile | None = None
+        self.format: StreamFormat | None = None
+        self.scheduler: Scheduler | None = None
+        self.last_report: dict[str, Any] = {}
+        self.event_failures = 0
+
+    @classmethod
+    def create(
+        cls,
+        policy: PluginPolicy | None = None,
+        *,
+        entry_points: bool = True,
+        extra_plugins: tuple[object, ...] = (),
+    ) -> Host:
+        """A host with plugins loaded from entry points (and ``extra_plugins`` registered in process)."""
+        manager = PluginManager(policy)
+        if entry_points:
+            manager.load_entry_points()
+        for plugin in extra_plugins:
+            manager.register_module(plugin)
+        host = cls(manager)
+        manager.collect(host)
+        return host
+
+    @classmethod
+    def for_profile(cls, path: Path | None, raw: dict[str, Any] | None = None, **kwargs: Any) -> Host:
+        """A host whose plugin policy comes from the profile's ``[plugins]`` table and the environment."""
+        settings = plugin_settings(path, raw)
+        policy = PluginPolicy.from_sources(settings["allow"], settings["block"], settings["strict"])
+        return cls.create(policy, **kwargs)
+
+    @property
+    def hook(self) -> Any:
+        return self.plugins.hook
+
+    def load_profile(
+        self, path: Path | None, *, raw: dict[str, Any] | None = None, overrides: list[tuple[str, Any]] | None = None
+    ) -> Profile:
+        return load_profile(path, self.plugins, raw=raw, overrides=overrides or [])
+
+    # --- building components -------------------------------------------------------------------------------
+
+    def build(self, stage: Stage) -> Any:
+        """Makes the component a profile stage names (this is where heavy imports happen)."""
+        component = self.plugins.component(stage.kind, stage.use)
+        if component is None:  # validated profiles never get here
+            raise AnchorcastError(f"[{stage.table}] unknown {stage.kind} {stage.use!r}")
+        try:
+            return component.factory(self, dict(stage.settings))
+        except AnchorcastError:
+            raise
+        except ImportError as error:
+            raise AnchorcastError(
+                f"[{stage.table}] {stage.kind} {stage.use!r} (plugin {component.plugin}) needs a package that is "
+                f"not installed: {error}",
+                hint="see `anchorcast doctor` for what is present",
+            ) from error
+
+    # --- events --------------------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Calls every ``anchorcast_event`` implementation; one that raises is logged, never fatal."""
+        for impl in self.hook.anchorcast_event.get_hookimpls():
+            try:
+                impl.function(**{name: {"host": self, "event": event}[name] for name in impl.argnames})
+            except Exception:  # a side plugin must never take the stream down
+                self.event_failures += 1
+                log.exception("plugin %s failed on %s event", impl.plugin_name, event.kind)
+
+    def _report_metrics(self, report: dict[str, Any]) -> None:
+        self.last_report = report
+        for impl in self.hook.anchorcast_metrics.get_hookimpls():
+            try:
+                impl.function(**{name: {"host": self, "report": report}[name] for name in impl.argnames})
+            except Exception:
+                log.exception("plugin %s failed on a metrics report", impl.plugin_name)
+
+    # --- running -------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        profile: Profile,
+        *,
+        on_progress: Callable[[int, int | None], None] = lambda aired, total: None,
+        on_metrics: Callable[[dict[str, Any]], None] = lambda report: None,
+        on_ready: Callable[[Scheduler], None] = lambda scheduler: None,
+    ) -> dict[str, Any]:
+        """Runs the profile's stream to its end (or until the scheduler is stopped); returns the metrics report.
+
+        Outputs are always closed, so an interrupted file output is still playable.
+        """
+        self.profile = profile
+        fmt = self.format = profile.stream
+        opened: list[Any] = []
+        try:
+            source: Source = self._open(profile.source, fmt, opened)
+            voice: Voice | None = self._open(profile.voice, fmt, opened) if profile.voice else None
+            engine: LipEngine = self._open(profile.engine, fmt, opened)
+            fallback: LipEngine | None = self._open(profile.fallback, fmt, opened) if profile.fallback else None
+            outputs: list[tuple[str, Output]] = [
+                (label, self._open(stage, fmt, opened)) for label, stage in profile.outputs.items()
+            ]
+            live = profile.pace == "realtime" or (profile.pace == "auto" and any(o.live for _, o in outputs))
+            config = replace(profile.scheduler, live=live)
+
+            def metrics(report: dict[str, Any]) -> None:
+                self._report_metrics(report)
+                on_metrics(report)
+
+            self.scheduler = Scheduler(
+                fmt, config, source, voice, engine, outputs,
+                fallback=fallback, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
+            )
+            self.hook.anchorcast_startup(host=self)
+            on_ready(self.scheduler)
+            return self.scheduler.run()
+        finally:
+            self._close_all(opened)
+            if self.scheduler is not None:
+                self.last_report = self.scheduler.metrics.report()
+            try:
+                self.hook.anchorcast_shutdown(host=self)
+            except Exception:
+                log.exception("a plugin failed at shutdown")
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    def _open(self, stage: Stage, fmt: StreamFormat, opened: list[Any]) -> Any:
+        component = self.build(stage)
+        started = time.perf_counter()
+        component.open(fmt)
+        opened.append(component)
+        log.debug("%s %s opened in %.0f ms", stage.kind, stage.use, (time.perf_counter() - started) * 1000)
+        return component
+
+    @staticmethod
+    def _close_all(opened: list[Any]) -> None:
+        for component in reversed(opened):
+            try:
+                component.close()
+            except Exception:  # closing the rest matters more: an output left open loses the file
+                log.exception("closing %s failed", type(component).__name__)

@@ -1,0 +1,472 @@
+"""The latency-budgeted scheduler: a feeder fills the timeline, a renderer draws frames ahead of air time, and the
+playout loop airs frame after frame on the audio clock.
+
+- Audio is the master: frame ``i`` airs with the samples the :class:`~anchorcast.clock.MediaClock` gives it, and
+  audio is never delayed or dropped. In live mode frame ``i`` airs at ``start + i / fps`` on the wall clock, where
+  ``start`` is when the first audio entered the host plus ``latency_budget_ms``.
+- The renderer forms batches sized from the engine's measured per-frame latency so that the first frame of a batch
+  still meets its deadline; a frame that cannot is left to the overrun policy.
+- At air time, a frame that is not ready is replaced by the overrun policy: ``repeat`` (the last frame),
+  ``idle`` (the avatar at rest) or ``fallback`` (a cheaper engine). Rendered frames that arrive too late are
+  counted as dropped.
+- Offline (file outputs only) there are no deadlines: playout waits for every frame and runs as fast as the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from anchorcast.clock import MediaClock
+from anchorcast.components import FrameJob, LipEngine, Output, Source, Voice
+from anchorcast.errors import AnchorcastError
+from anchorcast.media import (
+    AudioChunk,
+    Caption,
+    Cue,
+    Event,
+    Image,
+    Overrun,
+    Speech,
+    StreamFormat,
+    TextSegment,
+    VideoFrame,
+)
+from anchorcast.metrics import RunMetrics
+from anchorcast.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+OverrunPolicy = Literal["repeat", "idle", "fallback"]
+
+_POLL_S = 0.05
+_SAFETY = 1.25  # batch latency estimates are padded by this factor before comparing with a deadline
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The scheduler's share of a profile (``[scheduler]``)."""
+
+    latency_budget_ms: float = 400.0
+    overrun: OverrunPolicy = "repeat"
+    live: bool = False
+    blend_ms: float = 120.0
+    max_batch: int = 0
+    """0: the engine's own maximum."""
+    lead_in_ms: float = 400.0
+    tail_ms: float = 400.0
+    pause_ms: float = 250.0
+    render_ahead_s: float = 2.0
+    """How far ahead of air time the renderer may draw frames (frames are big: this bounds memory)."""
+    audio_ahead_s: float = 120.0
+    """How far ahead of air time the voice may synthesize."""
+
+
+class BatchLatency:
+    """Running estimate of the engine's latency per frame, from measured batches."""
+
+    def __init__(self, smoothing: float = 0.3) -> None:
+        self.smoothing = smoothing
+        self.per_frame_s: float | None = None
+
+    def observe(self, batch: int, seconds: float) -> None:
+        sample = seconds / batch
+        if self.per_frame_s is None:
+            self.per_frame_s = sample
+        else:
+            self.per_frame_s += self.smoothing * (sample - self.per_frame_s)
+
+    def estimate(self, batch: int) -> float | None:
+        return None if self.per_frame_s is None else self.per_frame_s * batch * _SAFETY
+
+
+def choose_batch(
+    available: int, cap: int, per_frame: BatchLatency, now: float, deadline: float | None
+) -> int:
+    """The largest batch (at most ``cap`` and the frames whose audio is ``available``) whose estimated latency
+    still meets ``deadline`` for its first frame; 0 when not even one frame can make it. Without a deadline
+    (offline, or before the clock starts) or before any measurement: as large as allowed, at least 1."""
+    limit = min(available, cap)
+    if limit <= 0:
+        return 0
+    if deadline is None:
+        return limit
+    if per_frame.per_frame_s is None:
+        return 1
+    best = 0
+    for size in range(1, limit + 1):
+        estimate = per_frame.estimate(size)
+        assert estimate is not None
+        if now + estimate > deadline:
+            break
+        best = size
+    return best
+
+
+class Resampler:
+    """Brings speech or audio to the timeline's rate (soxr, high quality)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+
+    def __call__(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        samples = np.asarray(samples, np.float32)
+        if rate == self.rate or len(samples) == 0:
+            return samples
+        import soxr
+
+        return soxr.resample(samples, rate, self.rate, quality="HQ").astype(np.float32, copy=False)
+
+
+class Scheduler:
+    """Runs one stream: ``source -> voice -> timeline -> engine -> outputs``.
+
+    ``emit`` receives events as they air; ``on_metrics`` about once a second; ``on_progress(aired, total)``
+    after every frame (``total`` is None until the timeline is complete).
+    """
+
+    def __init__(
+        self,
+        fmt: StreamFormat,
+        config: SchedulerConfig,
+        source: Source,
+        voice: Voice | None,
+        engine: LipEngine,
+        outputs: Sequence[tuple[str, Output]],
+        *,
+        fallback: LipEngine | None = None,
+        emit: Callable[[Event], None] = lambda event: None,
+        on_metrics: Callable[[dict], None] = lambda report: None,
+        on_progress: Callable[[int, int | None], None] = lambda aired, total: None,
+    ) -> None:
+        if config.overrun == "fallback" and fallback is None:
+            raise AnchorcastError("overrun policy 'fallback' needs a fallback engine (scheduler.fallback)")
+        self.fmt = fmt
+        self.config = config
+        self.clock = MediaClock(fmt.fps, fmt.sample_rate)
+        self.timeline = Timeline(fmt.sample_rate)
+        self.metrics = RunMetrics(float(fmt.fps), fmt.sample_rate)
+        self.source = source
+        self.voice = voice
+        self.engine = engine
+        self.fallback = fallback
+        self.outputs = list(outputs)
+        self._emit = emit
+        self._on_metrics = on_metrics
+        self._on_progress = on_progress
+        self._resample = Resampler(fmt.sample_rate)
+        self._latency = BatchLatency()
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._frames: dict[int, Image] = {}
+        self._frames_cond = threading.Condition()
+        self._next_to_air = 0
+        self._air_start: float | None = None
+        self._last_image: Image | None = None
+        self._threads: list[threading.Thread] = []
+
+    # --- public ------------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Streams until the source is exhausted (or :meth:`stop`); returns the final metrics report."""
+        self.metrics.start()
+        self._spawn("anchorcast-feeder", self._feed)
+        self._spawn("anchorcast-renderer", self._render_loop)
+        try:
+            self._playout()
+        finally:
+            self.stop()
+            for thread in self._threads:
+                thread.join(timeout=5)
+            self.metrics.stop()
+        self._raise_worker_error()
+        return self.metrics.report()
+
+    def stop(self) -> None:
+        """Ends the run after the frame being aired; safe from any thread."""
+        self._stop.set()
+        with self._frames_cond:
+            self._frames_cond.notify_all()
+
+    @property
+    def frames_aired(self) -> int:
+        return self._next_to_air
+
+    # --- feeder: source -> voice -> timeline ---------------------------------------------------------------
+
+    def _feed(self) -> None:
+        config = self.config
+        self.timeline.append_silence(self.clock.seconds_to_samples(config.lead_in_ms / 1000))
+        pause = self.clock.seconds_to_samples(config.pause_ms / 1000)
+        spoken_before = False
+        for item in self._items():
+            if self._stop.is_set():
+                return
+            self._wait_for_room()
+            if isinstance(item, AudioChunk):
+                self.timeline.append_audio(self._resample(item.samples, item.sample_rate))
+                continue
+            for number, speech in enumerate(self._speak(item)):
+                if self._stop.is_set():
+                    return
+                if spoken_before:
+                    self.timeline.append_silence(pause)
+                events: list[Event] = []
+                if item.cue and number == 0:
+                    events.append(Cue(0.0, item.cue))
+                if speech.text:
+                    events.append(Caption(0.0, speech.text, True, speech.duration))
+                speech = self._at_timeline_rate(speech)
+                self.timeline.append_speech(speech, events)
+                spoken_before = True
+        self.timeline.append_silence(self.clock.seconds_to_samples(config.tail_ms / 1000))
+        self.timeline.finish()
+
+    def _items(self) -> Iterator[TextSegment | AudioChunk]:
+        return iter(self.source.items())
+
+    def _speak(self, segment: TextSegment) -> Iterator[Speech]:
+        if self.voice is None:
+            raise AnchorcastError(
+                f"the source gave text ({segment.text[:40]!r}) but the profile names no voice",
+                hint='add a [voice] table, e.g. use = "piper"',
+            )
+        started = time.perf_counter()
+        first = True
+        for speech in self.voice.synthesize(segment):
+            elapsed = (time.perf_counter() - started) * 1000
+            self.metrics.observe("voice_first_audio" if first else "voice_sentence", elapsed)
+            first = False
+            if speech.duration > 0:
+                self.metrics.observe("voice_rtf_x1000", elapsed / speech.duration)
+            if speech.segment is None:
+                speech = Speech(speech.audio, speech.sample_rate, speech.text, speech.phonemes, speech.words, segment)
+            yield speech
+            started = time.perf_counter()
+
+    def _at_timeline_rate(self, speech: Speech) -> Speech:
+        if speech.sample_rate == self.fmt.sample_rate:
+            return speech
+        audio = self._resample(speech.audio, speech.sample_rate)
+        return Speech(audio, self.fmt.sample_rate, speech.text, speech.phonemes, speech.words, speech.segment)
+
+    def _wait_for_room(self) -> None:
+        ahead_limit = self.clock.seconds_to_samples(self.config.audio_ahead_s)
+        while not self._stop.is_set():
+            aired_sample = self.clock.frame_start(self._next_to_air)
+            if self.timeline.total - aired_sample < ahead_limit:
+                return
+            self._stop.wait(_POLL_S)
+
+    # --- renderer ------------------------------------------------------------------------------------------
+
+    def _render_loop(self) -> None:
+        engine = self.engine
+        cap = min(engine.max_batch, self.config.max_batch or engine.max_batch)
+        ahead_frames = max(2 * cap, int(self.config.render_ahead_s * float(self.fmt.fps)))
+        lookahead = self.clock.seconds_to_samples(engine.lookahead)
+        index = 0
+        while not self._stop.is_set():
+            with self._frames_cond:
+                index = max(index, self._next_to_air)
+                if index - self._next_to_air >= ahead_frames:
+                    self._frames_cond.wait(_POLL_S)
+                    continue
+            if self.timeline.finished and index >= self._frame_count():
+                return
+            if not self.timeline.wait_for(self.clock.frame_end(index) + lookahead, _POLL_S):
+                continue
+            available = self._frames_with_audio(index, cap, lookahead)
+            size = choose_batch(available, cap, self._latency, time.monotonic(), self._deadline(index))
+            if size == 0:
+                index += 1  # cannot make its deadline: the overrun policy will replace it at air time
+                continue
+            self._render_batch(index, size)
+            index += size
+
+    def _render_batch(self, first: int, size: int) -> None:
+        jobs = [self._job(self.engine, k) for k in range(first, first + size)]
+        speaking = [job for job in jobs if job.speech > 0]
+        images: dict[int, Image] = {job.index: self.engine.idle(job.index) for job in jobs if job.speech <= 0}
+        if speaking:
+            started = time.perf_counter()
+            rendered = self.engine.render(speaking)
+            elapsed = time.perf_counter() - started
+            self._latency.observe(len(speaking), elapsed)
+            self.metrics.observe("engine_batch", elapsed * 1000)
+            self.metrics.observe("engine_frame", elapsed * 1000 / len(speaking))
+            self.metrics.batch(len(speaking))
+            images.update(zip((job.index for job in speaking), rendered))
+        self.metrics.count("rendered", len(jobs))
+        with self._frames_cond:
+            for index, image in images.items():
+                if index >= self._next_to_air:
+                    self._frames[index] = image
+                else:
+                    self.metrics.count("dropped")
+            self._frames_cond.notify_all()
+
+    def _frames_with_audio(self, first: int, cap: int, lookahead: int) -> int:
+        if self.timeline.finished:
+            return min(cap, self._frame_count() - first)
+        total = self.timeline.total
+        count = 0
+        while count < cap and self.clock.frame_end(first + count) + lookahead <= total:
+            count += 1
+        return count
+
+    def _job(self, engine: LipEngine, index: int) -> FrameJob:
+        clock = self.clock
+        start, end = clock.frame_start(index), clock.frame_end(index)
+        behind = clock.seconds_to_samples(engine.lookbehind)
+        ahead = clock.seconds_to_samples(engine.lookahead)
+        context = self.timeline.read(start - behind, end + ahead)
+        centre = (start + end) / 2 / self.fmt.sample_rate
+        blend = self.config.blend_ms / 1000
+        return FrameJob(
+            index=index,
+            pts=clock.frame_pts(index),
+            context=context,
+            offset=behind,
+            frame_samples=end - start,
+            speech=self.timeline.speech_weight(centre, blend),
+            phonemes=self.timeline.phonemes_between((start - behind) / clock.sample_rate, (end + ahead) / clock.sample_rate),
+        )
+
+    def _deadline(self, index: int) -> float | None:
+        if not self.config.live or self._air_start is None:
+            return None
+        write_ms = sum(self.metrics.stage(f"output:{name}").get("p50_ms", 0.0) for name, _ in self.outputs)
+        return self._air_time(index) - write_ms / 1000
+
+    def _air_time(self, index: int) -> float:
+        assert self._air_start is not None
+        return self._air_start + self.clock.frame_pts(index)
+
+    def _frame_count(self) -> int:
+        return self.clock.frames_covering(self.timeline.total)
+
+    # --- playout -------------------------------------------------------------------------------------------
+
+    def _playout(self) -> None:
+        live = self.config.live
+        if live and not self._start_clock():
+            return
+        last_report = time.monotonic()
+        index = 0
+        while not self._stop.is_set():
+            if self.timeline.finished and index >= self._frame_count():
+                break
+            image = self._take_live(index) if live else self._take_offline(index)
+            if image is None:
+                if self._stop.is_set() or (self.timeline.finished and index >= self._frame_count()):
+                    break
+                continue
+            self._air(index, image)
+            index += 1
+            with self._frames_cond:
+                self._next_to_air = index
+                self._frames_cond.notify_all()
+            self._on_progress(index, self._frame_count() if self.timeline.finished else None)
+            now = time.monotonic()
+            if now - last_report >= 1.0:
+                last_report = now
+                self._on_metrics(self.metrics.report())
+            self._raise_worker_error()
+        self._on_metrics(self.metrics.report())
+
+    def _start_clock(self) -> bool:
+        while not self.timeline.wait_for_any(_POLL_S):
+            if self._stop.is_set():
+                return False
+            self._raise_worker_error()
+        arrived = self.timeline.arrival_time(0) or time.monotonic()
+        self._air_start = arrived + self.config.latency_budget_ms / 1000
+        return True
+
+    def _take_offline(self, index: int) -> Image | None:
+        with self._frames_cond:
+            while index not in self._frames:
+                if self._stop.is_set() or self._errors:
+                    return None
+                self._frames_cond.wait(_POLL_S)
+            return self._frames.pop(index)
+
+    def _take_live(self, index: int) -> Image | None:
+        air = self._air_time(index)
+        while (wait := air - time.monotonic()) > 0:
+            if self._stop.wait(min(wait, _POLL_S)):
+                return None
+        if self.timeline.finished and index >= self._frame_count():
+            return None
+        end = self.clock.frame_end(index)
+        if self.timeline.total < end and not self.timeline.finished:
+            self.metrics.count("silence_underrun")
+            self.timeline.append_silence(end - self.timeline.total)
+        with self._frames_cond:
+            image = self._frames.pop(index, None)
+            for stale in [k for k in self._frames if k < index]:
+                del self._frames[stale]
+                self.metrics.count("dropped")
+        if image is None:
+            image = self._overrun(index, (time.monotonic() - air) * 1000)
+        return image
+
+    def _overrun(self, index: int, late_ms: float) -> Image:
+        policy = self.config.overrun
+        if policy == "repeat" and self._last_image is not None:
+            image = self._last_image
+        elif policy == "fallback" and self.fallback is not None:
+            image = self.fallback.render([self._job(self.fallback, index)])[0]
+        else:
+            policy = "idle"
+            image = self.engine.idle(index)
+        self.metrics.count(f"overrun_{policy}")
+        self._emit(Overrun(self.clock.frame_pts(index), index, policy, late_ms))
+        return image
+
+    def _air(self, index: int, image: Image) -> None:
+        start, end = self.clock.frame_start(index), self.clock.frame_end(index)
+        audio = AudioChunk(self.timeline.read(start, end), self.fmt.sample_rate, start)
+        frame = VideoFrame(image, index, self.fmt.fps)
+        for name, output in self.outputs:
+            began = time.perf_counter()
+            output.write(frame, audio)
+            self.metrics.observe(f"output:{name}", (time.perf_counter() - began) * 1000)
+        for event in self.timeline.events_between(start, end):
+            self._emit(event)
+        self.metrics.aired(frame.pts, audio.pts, len(audio.samples))
+        if self.config.live:
+            arrived = self.timeline.arrival_time(end - 1)
+            if arrived is not None:
+                self.metrics.observe("glass", (time.monotonic() - arrived) * 1000)
+        self._last_image = image
+        keep = self.clock.seconds_to_samples(max(self.engine.lookbehind, 1.0))
+        self.timeline.release_before(start - keep)
+
+    # --- threads -------------------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as error:  # handed to the playout thread, which re-raises it
+                self._errors.append(error)
+                self._stop.set()
+                self.timeline.finish()
+                with self._frames_cond:
+                    self._frames_cond.notify_all()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _raise_worker_error(self) -> None:
+        if self._errors:
+            raise self._errors[0]

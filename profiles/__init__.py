@@ -1,0 +1,1 @@
+"""Ready-made profiles shipped with anchorcast (``anchorcast run default``)."""

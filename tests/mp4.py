@@ -1,0 +1,54 @@
+"""Reading an MP4 back with PyAV, for tests that check real output files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+@dataclass
+class Decoded:
+    frames: list[np.ndarray]  # RGB
+    fps: float
+    audio: np.ndarray  # mono float32
+    sample_rate: int
+
+    @property
+    def video_seconds(self) -> float:
+        return len(self.frames) / self.fps
+
+    @property
+    def audio_seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def frame_audio_rms(self) -> np.ndarray:
+        """RMS of the audio under each video frame."""
+        per_frame = self.sample_rate / self.fps
+        return np.array([
+            float(np.sqrt(np.mean(np.square(self.audio[int(i * per_frame):int((i + 1) * per_frame)]) + 1e-12)))
+            for i in range(len(self.frames))
+        ])
+
+
+def decode(path: Path, keep_frames: bool = True, scale: int = 1) -> Decoded:
+    frames: list[np.ndarray] = []
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        fps = float(video.average_rate or video.base_rate)
+        rate = audio.rate
+        for frame in container.decode(video=0):
+            if keep_frames:
+                image = frame.to_ndarray(format="rgb24")
+                frames.append(image[::scale, ::scale] if scale > 1 else image)
+            else:
+                frames.append(np.zeros((1, 1, 3), np.uint8))
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            data = frame.to_ndarray()
+            chunks.append(data.mean(axis=0) if data.ndim == 2 and data.shape[0] > 1 else data.reshape(-1))
+    return Decoded(frames, fps, np.concatenate(chunks).astype(np.float32), rate)

@@ -1,0 +1,150 @@
+"""The scheduler on the audio clock: offline and live pacing, batching, overruns, audio integrity."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from anchorcast.clock import MediaClock
+from anchorcast.media import AudioChunk, StreamFormat, TextSegment
+from anchorcast.scheduler import BatchLatency, Scheduler, SchedulerConfig, choose_batch
+from tests.components import CollectOutput, LevelEngine, ListSource, ToneVoice, tone
+
+FMT = StreamFormat(64, 48, Fraction(25), 16000)
+
+
+def run(engine: LevelEngine, output: CollectOutput, items, config: SchedulerConfig, fallback=None, fmt=FMT):
+    events = []
+    scheduler = Scheduler(fmt, config, ListSource(items), ToneVoice(fmt.sample_rate), engine, [("out", output)],
+                          fallback=fallback, emit=events.append)
+    for component in (engine, output, *( [fallback] if fallback else [])):
+        component.open(fmt)
+    report = scheduler.run()
+    return scheduler, report, events
+
+
+def expected_audio(items, config: SchedulerConfig, rate: int = 16000) -> np.ndarray:
+    """What the timeline should hold: lead-in, each tone with pauses, tail."""
+    voice = ToneVoice(rate)
+    parts = [np.zeros(round(config.lead_in_ms / 1000 * rate), np.float32)]
+    for number, item in enumerate(items):
+        if number:
+            parts.append(np.zeros(round(config.pause_ms / 1000 * rate), np.float32))
+        parts.extend(speech.audio for speech in voice.synthesize(item))
+    parts.append(np.zeros(round(config.tail_ms / 1000 * rate), np.float32))
+    return np.concatenate(parts)
+
+
+SEGMENTS = [TextSegment("the quick brown fox", 0), TextSegment("jumps over", 1, cue="Weather")]
+
+
+def test_offline_run_airs_every_frame_with_its_exact_audio() -> None:
+    config = SchedulerConfig(lead_in_ms=200, tail_ms=300, pause_ms=120)
+    engine, output = LevelEngine(), CollectOutput()
+    scheduler, report, events = run(engine, output, SEGMENTS, config)
+    audio = expected_audio(SEGMENTS, config)
+    clock = MediaClock(FMT.fps, FMT.sample_rate)
+    assert output.indices == list(range(clock.frames_covering(len(audio))))
+    aired = output.joined_audio()
+    assert np.array_equal(aired[: len(audio)], audio)
+    assert not aired[len(audio):].any()
+    for index, chunk in zip(output.indices, output.audio):
+        assert chunk.start == clock.frame_start(index) and len(chunk.samples) == clock.frame_samples(index)
+    assert report["overruns"] == 0 and report["dropped_frames"] == 0
+    assert report["av_offset_ms_max"] == 0
+    # silent frames are the engine's idle frame (0), speaking frames are drawn from the audio level (> 0)
+    values = np.array(output.values)
+    lead_frames = int(0.2 * 25) - 4  # clear of the blend ramp
+    assert (values[:lead_frames] == 0).all() and (values[-3:] == 0).all()
+    assert (values > 0).sum() >= int(len(SEGMENTS[0].text) * 0.05 * 25)
+    kinds = [e.kind for e in events]
+    assert kinds.count("speech_started") == 2 and kinds.count("speech_ended") == 2
+    cue = next(e for e in events if e.kind == "cue")
+    assert cue.name == "Weather"
+    second_start = [e for e in events if e.kind == "speech_started"][1]
+    assert cue.pts == pytest.approx(second_start.pts)
+
+
+def test_offline_batches_fill_to_the_engine_maximum() -> None:
+    engine = LevelEngine(max_batch=6)
+    run(engine, CollectOutput(), SEGMENTS, SchedulerConfig())
+    assert max(engine.batches) == 6
+
+
+def test_live_run_is_paced_on_the_wall_clock() -> None:
+    config = SchedulerConfig(live=True, latency_budget_ms=150, lead_in_ms=100, tail_ms=100)
+    output = CollectOutput(live=True)
+    _, report, _ = run(LevelEngine(), output, [TextSegment("pace me", 0)], config)
+    times = np.array(output.times)
+    offsets = times - times[0] - np.arange(len(times)) / 25
+    assert np.abs(offsets).max() < 0.02  # each frame leaves on its slot of the 40 ms grid
+    assert report["overruns"] == 0
+    assert 0.8 < report["speed"] <= 1.05
+
+
+@pytest.mark.parametrize("policy", ["repeat", "idle", "fallback"])
+def test_slow_engine_misses_deadlines_and_the_overrun_policy_keeps_the_clock(policy: str) -> None:
+    config = SchedulerConfig(live=True, latency_budget_ms=60, lead_in_ms=80, tail_ms=80, overrun=policy)
+    slow = LevelEngine(delay_per_frame=0.1)  # 10 frames/s against a 25 frames/s clock
+    fallback = LevelEngine() if policy == "fallback" else None
+    output = CollectOutput(live=True)
+    items = [TextSegment("a sentence long enough to run two seconds or so", 0)]
+    scheduler, report, events = run(slow, output, items, config, fallback=fallback)
+    audio = expected_audio(items, config)
+    clock = MediaClock(FMT.fps, FMT.sample_rate)
+    # audio timeline intact: every sample aired exactly once, in order, whatever the video did
+    assert output.indices == list(range(clock.frames_covering(len(audio))))
+    assert np.array_equal(output.joined_audio()[: len(audio)], audio)
+    overruns = [e for e in events if e.kind == "overrun"]
+    assert overruns and all(e.policy == policy for e in overruns[1:])
+    assert report["overruns"] == len(overruns)
+    assert report[{"repeat": "repeated_frames", "idle": "idle_frames", "fallback": "fallback_frames"}[policy]] > 0
+    # the engine could not keep up, so it rendered far fewer frames than aired (and those are counted)
+    assert len(slow.rendered) < len(output.indices) * 0.7
+    assert report["rendered_frames"] + report["overruns"] >= len(output.indices)
+    # wall clock pacing held: the run took about as long as the media
+    assert report["speed"] > 0.85
+    if policy == "fallback":
+        assert fallback is not None and fallback.rendered
+
+
+def test_late_frames_are_dropped_and_counted() -> None:
+    # one batch of 4 at 120 ms per frame: the later frames of a batch arrive after their air time
+    config = SchedulerConfig(live=True, latency_budget_ms=40, lead_in_ms=40, tail_ms=40)
+    engine = LevelEngine(delay_per_frame=0.12, max_batch=1)
+    output = CollectOutput(live=True)
+    _, report, _ = run(engine, output, [TextSegment("dropping frames here", 0)], config)
+    assert report["dropped_frames"] + report["overruns"] > 0
+    assert report["overruns"] > 0
+
+
+def test_raw_audio_source_speech_is_found_by_vad_and_aired_unchanged() -> None:
+    rate = 16000
+    speech = tone(0.6, rate, 300, 0.4)
+    silence = np.zeros(int(0.5 * rate), np.float32)
+    signal = np.concatenate([silence, speech, silence])
+    chunks = [AudioChunk(signal[i:i + 320], rate, i) for i in range(0, len(signal), 320)]
+    config = SchedulerConfig(lead_in_ms=0, tail_ms=0)
+    output, engine = CollectOutput(), LevelEngine()
+    scheduler = Scheduler(FMT, config, ListSource(chunks), None, engine, [("out", output)], emit=(events := []).append)
+    engine.open(FMT)
+    scheduler.run()
+    assert np.array_equal(output.joined_audio()[: len(signal)], signal)
+    started = [e for e in events if e.kind == "speech_started"]
+    ended = [e for e in events if e.kind == "speech_ended"]
+    assert len(started) == 1 and len(ended) == 1
+    assert started[0].pts == pytest.approx(0.5, abs=0.03)
+    assert ended[0].pts == pytest.approx(1.1, abs=0.03)
+
+
+def test_choose_batch_meets_the_first_frames_deadline() -> None:
+    latency = BatchLatency()
+    assert choose_batch(8, 8, latency, now=0.0, deadline=None) == 8  # offline: as large as allowed
+    assert choose_batch(8, 8, latency, now=0.0, deadline=1.0) == 1  # live, unmeasured: measure with one
+    latency.observe(4, 0.2)  # 50 ms per frame, padded by the safety factor
+    assert choose_batch(8, 8, latency, now=0.0, deadline=0.26) == 4
+    assert choose_batch(8, 3, latency, now=0.0, deadline=10.0) == 3
+    assert choose_batch(2, 8, latency, now=0.0, deadline=10.0) == 2
+    assert choose_batch(8, 8, latency, now=0.0, deadline=0.05) == 0  # even one frame would be late
