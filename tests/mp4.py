@@ -48,7 +48,12 @@ def decode(path: Path, keep_frames: bool = True, scale: int = 1) -> Decoded:
             else:
                 frames.append(np.zeros((1, 1, 3), np.uint8))
     with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        declared = stream.duration * stream.time_base if stream.duration else None
         for frame in container.decode(audio=0):
             data = frame.to_ndarray()
             chunks.append(data.mean(axis=0) if data.ndim == 2 and data.shape[0] > 1 else data.reshape(-1))
-    return Decoded(frames, fps, np.concatenate(chunks).astype(np.float32), rate)
+    audio = np.concatenate(chunks).astype(np.float32)
+    if declared is not None:  # AAC decodes whole 1024-sample frames: the container says where the audio ends
+        audio = audio[: round(float(declared) * rate)]
+    return Decoded(frames, fps, audio, rate)
