@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SETTINGS: dict[str, Setting] = {
     "voice": Setting(str, "en", "eSpeak NG voice: en, en-us, en-gb, cmn (Mandarin), de, fr, ... or a variant "
-                                "such as en+f3"),
+                                "such as en+f3; auto: cmn for Chinese sentences, en for the rest"),
     "rate": Setting(int, 170, "speaking rate in words per minute", minimum=80, maximum=450),
     "pitch": Setting(int, 50, "base pitch, 0-100 (50 is the voice's normal)", minimum=0, maximum=100),
 }
@@ -240,6 +240,8 @@ class EspeakVoice:
         self.voice = VOICE_ALIASES.get(voice.strip().lower(), voice.strip())
         self.rate = rate
         self.pitch = pitch
+        if self.voice == "auto":
+            return
         if not self.voice or not self.library.select(self.voice):
             raise InputError(f"unknown eSpeak NG voice {voice!r} (setting 'voice')", hint=self._voice_hint(voice))
 
@@ -257,7 +259,10 @@ class EspeakVoice:
         text = segment.text
         if not text.strip():
             return
-        samples, events = self.library.synthesize(text, self.voice, self.rate, self.pitch)
+        voice = self.voice
+        if voice == "auto":  # a bilingual bulletin: the script source tags each sentence's language
+            voice = "cmn" if (segment.language or "").startswith("zh") else "en"
+        samples, events = self.library.synthesize(text, voice, self.rate, self.pitch)
         audio = samples.astype(np.float32) / 32768.0
         yield from speeches_from_events(text, audio, self.sample_rate, events, segment)
 

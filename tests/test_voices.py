@@ -380,3 +380,15 @@ def test_host_builds_both_voices_from_a_profile(host: Host, tmp_path: Path) -> N
     profile = host.load_profile(None, raw=make_profile(voice={"use": "piper", "length_scale": 0.9}))
     voice = host.build(profile.voice)
     assert isinstance(voice, piper_voice.PiperSpeechVoice) and voice.length_scale == 0.9
+
+
+def test_espeak_auto_voice_follows_each_sentences_language(mandarin: espeak_voice.EspeakVoice) -> None:
+    auto = espeak_voice.EspeakVoice("auto")
+    chinese = TextSegment("今天天气很好。", 0, language="zh")
+    english = TextSegment("Good evening.", 1, language="en")
+    (by_auto,) = auto.synthesize(chinese)
+    (by_mandarin,) = mandarin.synthesize(chinese)
+    assert [p.label for p in by_auto.phonemes] == [p.label for p in by_mandarin.phonemes]
+    (spoken,) = auto.synthesize(english)
+    (reference,) = espeak_voice.EspeakVoice("en").synthesize(english)
+    assert [p.label for p in spoken.phonemes] == [p.label for p in reference.phonemes]
