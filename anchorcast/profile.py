@@ -353,7 +353,7 @@ def load_profile(
         if key in stream and stream[key] % 2:
             problems.add(f"stream.{key}", f"must be even (H.264 4:2:0), got {stream[key]}")
     if set(STREAM_SCHEMA) <= set(stream):
-        fps = Fraction(stream["fps"]).limit_denominator(1001)
+        fps = parse_fps(stream["fps"])
         fmt = StreamFormat(stream["width"], stream["height"], fps, stream["sample_rate"])
     problems.raise_if_any()
     assert fmt is not None and source is not None and engine is not None
@@ -372,6 +372,15 @@ def load_profile(
         outputs=outputs,
         raw=raw,
     )
+
+
+def parse_fps(value: float) -> Fraction:
+    """Frames per second as an exact fraction; the NTSC family (23.976, 29.97, 59.94, ...) is k*1000/1001."""
+    for base in (24, 30, 48, 60, 120):
+        ntsc = Fraction(base * 1000, 1001)
+        if abs(value - float(ntsc)) < 0.005:
+            return ntsc
+    return Fraction(value).limit_denominator(1000)
 
 
 def plugin_settings(path: Path | None, raw: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -54,11 +54,15 @@ def test_default_profile_end_to_end(tmp_path: Path) -> None:
     rms = video.frame_audio_rms()
     speaking = rms > 0.02
     silent = rms < 0.001
-    assert speaking.sum() > 50 and silent[:5].all() and silent[-5:].all()
+    # the inside of each silence: silent frames with silence on both sides (the blend in and out is at the edges)
+    still = silent & np.roll(silent, 1) & np.roll(silent, -1) & np.roll(silent, 2) & np.roll(silent, -2)
+    assert speaking.sum() > 50 and still[2:6].all() and still[-6:-2].all()
+    assert still.sum() > 20
     motion = mouth_motion(video.frames, video.frames[0])
     # still in silence (only codec noise), moving while speech plays
-    assert motion[silent].max() < 4, motion[silent].max()
-    assert np.mean(motion[speaking] > 8) > 0.6, np.percentile(motion[speaking], [10, 50, 90])
+    assert motion[still].max() < 6, motion[still].max()
+    assert np.mean(motion[speaking] > 10) > 0.6, np.percentile(motion[speaking], [10, 50, 90])
+    assert np.std(motion[speaking]) > 5  # opening and closing, not stuck open
 
 
 def test_run_text_with_overrides(tmp_path: Path) -> None:
