@@ -50,8 +50,8 @@ class RunDisplay:
             parts.append(f"engine p95 {engine['p95_ms']:.1f} ms")
         if report["overruns"]:
             parts.append(f"[yellow]{report['overruns']} overruns[/]")
-        if self.live and report["stages"].get("glass", {}).get("count"):
-            parts.append(f"latency p95 {report['stages']['glass']['p95_ms']:.0f} ms")
+        if self.live and report["stages"].get("audio_to_air", {}).get("count"):
+            parts.append(f"audio to air p95 {report['stages']['audio_to_air']['p95_ms']:.0f} ms")
         self.progress.update(self.task, figures="  ".join(parts))
 
 

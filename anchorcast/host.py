@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,16 +79,8 @@ class Host:
         component = self.plugins.component(stage.kind, stage.use)
         if component is None:  # validated profiles never get here
             raise AnchorcastError(f"[{stage.table}] unknown {stage.kind} {stage.use!r}")
-        try:
+        with _missing_packages_explained(stage, component.plugin):
             return component.factory(self, dict(stage.settings))
-        except AnchorcastError:
-            raise
-        except ImportError as error:
-            raise AnchorcastError(
-                f"[{stage.table}] {stage.kind} {stage.use!r} (plugin {component.plugin}) needs a package that is "
-                f"not installed: {error}",
-                hint="see `anchorcast doctor` for what is present",
-            ) from error
 
     # --- events --------------------------------------------------------------------------------------------
 
@@ -163,7 +156,8 @@ class Host:
     def _open(self, stage: Stage, fmt: StreamFormat, opened: list[Any]) -> Any:
         component = self.build(stage)
         started = time.perf_counter()
-        component.open(fmt)
+        with _missing_packages_explained(stage, self.plugins.components[(stage.kind, stage.use)].plugin):
+            component.open(fmt)
         opened.append(component)
         log.debug("%s %s opened in %.0f ms", stage.kind, stage.use, (time.perf_counter() - started) * 1000)
         return component
@@ -175,3 +169,16 @@ class Host:
                 component.close()
             except Exception:  # closing the rest matters more: an output left open loses the file
                 log.exception("closing %s failed", type(component).__name__)
+
+
+@contextmanager
+def _missing_packages_explained(stage: Stage, plugin: str) -> Iterator[None]:
+    """A component whose optional dependency is not installed is a user-facing problem, not a crash."""
+    try:
+        yield
+    except ImportError as error:
+        raise AnchorcastError(
+            f"[{stage.table}] {stage.kind} {stage.use!r} (plugin {plugin}) needs a package that is not "
+            f"installed: {error}",
+            hint="`anchorcast doctor` shows what is present",
+        ) from error

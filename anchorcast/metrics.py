@@ -60,6 +60,8 @@ class RunMetrics:
         self.max_av_offset_ms = 0.0
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        self.first_aired_at: float | None = None
+        self.last_aired_at: float | None = None
 
     def start(self) -> None:
         self.started_at = time.monotonic()
@@ -84,7 +86,11 @@ class RunMetrics:
 
     def aired(self, frame_pts: float, audio_pts: float, audio_samples: int) -> None:
         """One frame left the outputs with its audio starting at ``audio_pts``."""
+        now = time.monotonic()
         with self._lock:
+            if self.first_aired_at is None:
+                self.first_aired_at = now
+            self.last_aired_at = now
             self.frames_aired += 1
             self.audio_samples_aired += audio_samples
             self.max_av_offset_ms = max(self.max_av_offset_ms, abs(audio_pts - frame_pts) * 1000)
@@ -100,12 +106,19 @@ class RunMetrics:
             wall = (now - self.started_at) if self.started_at else 0.0
             media = self.frames_aired / self.fps if self.fps else 0.0
             batches = sum(self.batch_sizes.values())
+            airing = (
+                (self.last_aired_at - self.first_aired_at)
+                if self.first_aired_at is not None and self.last_aired_at is not None
+                else 0.0
+            )
+            startup = (self.first_aired_at - self.started_at) if self.first_aired_at and self.started_at else 0.0
             return {
                 "frames": self.frames_aired,
                 "media_seconds": round(media, 4),
                 "audio_seconds": round(self.audio_samples_aired / self.sample_rate, 4),
                 "wall_seconds": round(wall, 4),
-                "frames_per_second": round(self.frames_aired / wall, 3) if wall > 0 else 0.0,
+                "startup_seconds": round(startup, 4),
+                "frames_per_second": round((self.frames_aired - 1) / airing, 3) if airing > 0 else 0.0,
                 "speed": round(media / wall, 4) if wall > 0 else 0.0,
                 "real_time_factor": round(wall / media, 4) if media > 0 else 0.0,
                 "av_offset_ms_max": round(self.max_av_offset_ms, 3),

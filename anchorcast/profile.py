@@ -241,10 +241,9 @@ def validate_table(
         if not _type_ok(value, setting.type):
             problems.add(dotted, f"must be {_type_name(setting.type)}, got {value!r}")
             continue
-        if setting.type is float or (isinstance(setting.type, tuple) and float in setting.type):
-            if isinstance(value, float) and not math.isfinite(value):
-                problems.add(dotted, f"must be finite, got {value!r}")
-                continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.add(dotted, f"must be finite, got {value!r}")
+            continue
         if setting.choices is not None and value not in setting.choices:
             choices = ", ".join(repr(c) for c in setting.choices)
             problems.add(dotted, f"{value!r} is not one of {choices}")

@@ -298,11 +298,15 @@ class Scheduler:
             started = time.perf_counter()
             rendered = self.engine.render(speaking)
             elapsed = time.perf_counter() - started
+            if len(rendered) != len(speaking):
+                raise AnchorcastError(
+                    f"lip engine {type(self.engine).__name__} returned {len(rendered)} frames for {len(speaking)} jobs"
+                )
             self._latency.observe(len(speaking), elapsed)
             self.metrics.observe("engine_batch", elapsed * 1000)
             self.metrics.observe("engine_frame", elapsed * 1000 / len(speaking))
             self.metrics.batch(len(speaking))
-            images.update(zip((job.index for job in speaking), rendered))
+            images.update(zip((job.index for job in speaking), rendered, strict=True))
         self.metrics.count("rendered", len(jobs))
         with self._frames_cond:
             for index, image in images.items():
@@ -445,7 +449,7 @@ class Scheduler:
         if self.config.live:
             arrived = self.timeline.arrival_time(end - 1)
             if arrived is not None:
-                self.metrics.observe("glass", (time.monotonic() - arrived) * 1000)
+                self.metrics.observe("audio_to_air", (time.monotonic() - arrived) * 1000)
         self._last_image = image
         keep = self.clock.seconds_to_samples(max(self.engine.lookbehind, 1.0))
         self.timeline.release_before(start - keep)

@@ -133,12 +133,12 @@ def _load(model: Path, config: Path) -> LoadedModel:
     if patched is not None:
         try:
             session = onnxruntime.InferenceSession(patched, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - a model the patch breaks still speaks without timings
+        except Exception as error:
             _LOGGER.debug("Piper model %s does not run with an alignment output (%r); no timings", model, error)
     if session is None:
         try:
             session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for unreadable models
+        except Exception as error:
             raise InputError(f"cannot load the Piper model {model}: {error}",
                              hint="is it a Piper .onnx voice model?") from error
 
@@ -158,7 +158,7 @@ def _with_alignment_output(model: Path) -> bytes | None:
         proto = onnx.load(str(model))
         add_alignment_output(proto)
         return proto.SerializeToString()
-    except Exception as error:  # noqa: BLE001 - any model the patch does not understand is used as it is
+    except Exception as error:
         _LOGGER.debug("not patching Piper model %s for alignments: %r", model, error)
         return None
 
@@ -366,7 +366,7 @@ def plan_sentences(
     flat = [(n, w) for n, words in enumerate(spoken) for w in words]
     matches = _text_words(text)
     if len(matches) == len(flat):
-        groups = [(i, i, j, j) for i, j in zip(range(len(matches)), range(len(flat)))]
+        groups = [(i, i, j, j) for i, j in zip(range(len(matches)), range(len(flat)), strict=True)]
     else:
         isolated = [phoneme_words([p for s in phonemize(_trim(m.group())) for p in [*s, " "]]) for m in matches]
         groups = _align(isolated, [w for _, w in flat], [n for n, _ in flat])

@@ -18,7 +18,7 @@ from anchorcast.media import AudioChunk, Event, Speech, StreamFormat, TextSegmen
 
 
 def tone(seconds: float, rate: int, freq: float = 220.0, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from anchorcast_plugins import audio_file
-from anchorcast_plugins.audio_file import AudioFileSource
 
 from anchorcast.components import Setting
 from anchorcast.errors import InputError
 from anchorcast.media import AudioChunk, StreamFormat
+from anchorcast_plugins import audio_file
+from anchorcast_plugins.audio_file import AudioFileSource
 
 SOURCE_RATE = 44100
 TONE_HZ = 1000.0

@@ -11,13 +11,13 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from anchorcast_plugins import file_output
-from anchorcast_plugins.file_output import FileOutput
 
 from anchorcast.components import Setting
 from anchorcast.errors import InputError
 from anchorcast.host import Host
 from anchorcast.media import AudioChunk, StreamFormat, VideoFrame
+from anchorcast_plugins import file_output
+from anchorcast_plugins.file_output import FileOutput
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
 

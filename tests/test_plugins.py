@@ -74,7 +74,7 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_builtin_plugins_load_and_register_the_default_pipeline(host: Host) -> None:
     records = {r.name: r for r in host.plugins.records}
-    assert BUILTINS <= set(records)
+    assert set(records) >= BUILTINS
     assert all(records[name].status == "loaded" and records[name].builtin for name in BUILTINS)
     for kind, name in [("source", "script"), ("source", "audio-file"), ("voice", "piper"), ("voice", "espeak"),
                        ("engine", "viseme"), ("output", "file")]:
@@ -206,3 +206,27 @@ def test_invalid_hookimpl_is_reported() -> None:
     manager = PluginManager(PluginPolicy())
     record = manager.register_module(Wrong())
     assert record.status == "failed" and "unexpected" in record.error
+
+
+def test_a_component_missing_its_package_is_a_clear_error(host: Host, plugin: RecordingPlugin) -> None:
+    from anchorcast import hookimpl
+    from anchorcast.errors import AnchorcastError
+
+    class NeedsSdk:
+        live = False
+
+        def open(self, fmt):
+            import vendor_sdk_that_is_not_installed  # noqa: F401
+
+    class SdkPlugin:
+        @hookimpl
+        def anchorcast_register_outputs(self, host, register):
+            register("sdk-out", lambda host, settings: NeedsSdk())
+
+    host.plugins.register_module(SdkPlugin())
+    host.plugins.collect(host)
+    profile = host.load_profile(None, raw=make_profile(outputs={"sdk": {"use": "sdk-out"}}))
+    with pytest.raises(AnchorcastError, match=r"\[outputs.sdk\] output 'sdk-out' .* needs a package that is not "
+                                              r"installed: No module named 'vendor_sdk_that_is_not_installed'"):
+        host.run(profile)
+    assert plugin.outputs[-1].closed  # what was opened before the failure is closed again

@@ -43,14 +43,14 @@ SEGMENTS = [TextSegment("the quick brown fox", 0), TextSegment("jumps over", 1, 
 def test_offline_run_airs_every_frame_with_its_exact_audio() -> None:
     config = SchedulerConfig(lead_in_ms=200, tail_ms=300, pause_ms=120)
     engine, output = LevelEngine(), CollectOutput()
-    scheduler, report, events = run(engine, output, SEGMENTS, config)
+    _, report, events = run(engine, output, SEGMENTS, config)
     audio = expected_audio(SEGMENTS, config)
     clock = MediaClock(FMT.fps, FMT.sample_rate)
     assert output.indices == list(range(clock.frames_covering(len(audio))))
     aired = output.joined_audio()
     assert np.array_equal(aired[: len(audio)], audio)
     assert not aired[len(audio):].any()
-    for index, chunk in zip(output.indices, output.audio):
+    for index, chunk in zip(output.indices, output.audio, strict=True):
         assert chunk.start == clock.frame_start(index) and len(chunk.samples) == clock.frame_samples(index)
     assert report["overruns"] == 0 and report["dropped_frames"] == 0
     assert report["av_offset_ms_max"] == 0
@@ -82,6 +82,7 @@ def test_live_run_is_paced_on_the_wall_clock() -> None:
     assert np.abs(offsets).max() < 0.02  # each frame leaves on its slot of the 40 ms grid
     assert report["overruns"] == 0
     assert 0.8 < report["speed"] <= 1.05
+    assert report["frames_per_second"] == pytest.approx(25, abs=0.5)
 
 
 @pytest.mark.parametrize("policy", ["repeat", "idle", "fallback"])
@@ -91,7 +92,7 @@ def test_slow_engine_misses_deadlines_and_the_overrun_policy_keeps_the_clock(pol
     fallback = LevelEngine() if policy == "fallback" else None
     output = CollectOutput(live=True)
     items = [TextSegment("a sentence long enough to run two seconds or so", 0)]
-    scheduler, report, events = run(slow, output, items, config, fallback=fallback)
+    _, report, events = run(slow, output, items, config, fallback=fallback)
     audio = expected_audio(items, config)
     clock = MediaClock(FMT.fps, FMT.sample_rate)
     # audio timeline intact: every sample aired exactly once, in order, whatever the video did

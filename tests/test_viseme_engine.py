@@ -81,7 +81,7 @@ def test_haar_cascade_finds_the_astronauts_face_and_mouth() -> None:
     mouth = MouthGeometry.from_face(face)
     assert face.y + 0.6 * face.h < mouth.lip_y < face.bottom + 0.1 * face.h
     assert face.x + 0.4 * face.w < mouth.centre_x < face.x + 0.6 * face.w
-    x0, y0, x1, y1 = mouth.region()
+    x0, y0, x1, _ = mouth.region()
     assert face.x - 0.1 * face.w <= x0 < x1 <= face.right + 0.1 * face.w
     assert y0 > face.y + face.h / 2  # the region starts in the lower part of the face
 

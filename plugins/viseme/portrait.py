@@ -89,7 +89,7 @@ def detect_face(image: Image) -> Box | None:
     if len(faces) == 0:
         return None
     x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return Box(*(int(round(v / shrink)) for v in (x, y, w, h)))
+    return Box(*(round(v / shrink) for v in (x, y, w, h)))
 
 
 @dataclass(frozen=True, slots=True)
