@@ -150,8 +150,14 @@ class Host:
                 log.exception("a plugin failed at shutdown")
 
     def stop(self) -> None:
+        """Ends the current run after the frame on air; outputs are closed as usual."""
         if self.scheduler is not None:
             self.scheduler.stop()
+
+    def interrupt(self, reason: str = "") -> None:
+        """Drops queued speech and frames; the anchor is idle from the next frame (plugins may call this)."""
+        if self.scheduler is not None:
+            self.scheduler.interrupt(reason)
 
     def _open(self, stage: Stage, fmt: StreamFormat, opened: list[Any]) -> Any:
         component = self.build(stage)

@@ -32,6 +32,7 @@ from anchorcast.media import (
     Cue,
     Event,
     Image,
+    Interrupt,
     Overrun,
     Speech,
     StreamFormat,
@@ -167,9 +168,13 @@ class Scheduler:
         self._frames: dict[int, Image] = {}
         self._frames_cond = threading.Condition()
         self._next_to_air = 0
+        self._next_to_take = 0  # the playout has committed to every frame before this one
         self._air_start: float | None = None
         self._last_image: Image | None = None
         self._threads: list[threading.Thread] = []
+        self._generation = 0  # bumped by every interrupt: work begun before it is discarded
+        self._feed_lock = threading.Lock()
+        self._pending_events: list[Event] = []
 
     # --- public ------------------------------------------------------------------------------------------
 
@@ -198,6 +203,31 @@ class Scheduler:
     def frames_aired(self) -> int:
         return self._next_to_air
 
+    def interrupt(self, reason: str = "") -> None:
+        """Drops queued speech and frames: the next frame to air shows the idle anchor. Safe from any thread.
+
+        Read-ahead speech (a script) is cut from the timeline; live audio already buffered is silenced instead,
+        so the latency budget stays as it was. The source drops what it has queued if it can
+        (an optional ``interrupt()`` method).
+        """
+        with self._feed_lock, self._frames_cond:
+            self._generation += 1
+            index = self._next_to_take
+            cut = self.clock.frame_start(index)
+            if self.source.live:
+                self.timeline.mute_from(cut)
+            else:
+                self.timeline.truncate(cut)
+                if self.timeline.finished:
+                    self.timeline.append_silence(self.clock.seconds_to_samples(self.config.tail_ms / 1000))
+            self.metrics.count("interrupted_frames", len(self._frames))
+            self._frames.clear()
+            self._pending_events.append(Interrupt(self.clock.frame_pts(index), reason))
+            self._frames_cond.notify_all()
+        drop_queue = getattr(self.source, "interrupt", None)
+        if callable(drop_queue):
+            drop_queue()
+
     # --- feeder: source -> voice -> timeline ---------------------------------------------------------------
 
     def _feed(self) -> None:
@@ -212,19 +242,23 @@ class Scheduler:
             if isinstance(item, AudioChunk):
                 self.timeline.append_audio(self._resample(item.samples, item.sample_rate))
                 continue
+            generation = self._generation
             for number, speech in enumerate(self._speak(item)):
                 if self._stop.is_set():
                     return
-                if spoken_before:
-                    self.timeline.append_silence(pause)
                 events: list[Event] = []
                 if item.cue and number == 0:
                     events.append(Cue(0.0, item.cue))
                 if speech.text:
                     events.append(Caption(0.0, speech.text, True, speech.duration))
                 speech = self._at_timeline_rate(speech)
-                self.timeline.append_speech(speech, events)
-                spoken_before = True
+                with self._feed_lock:
+                    if generation != self._generation:
+                        break  # interrupted while this segment was being synthesized
+                    if spoken_before:
+                        self.timeline.append_silence(pause)
+                    self.timeline.append_speech(speech, events)
+                    spoken_before = True
         self.timeline.append_silence(self.clock.seconds_to_samples(config.tail_ms / 1000))
         self.timeline.finish()
 
@@ -272,8 +306,11 @@ class Scheduler:
         ahead_frames = max(2 * cap, int(self.config.render_ahead_s * float(self.fmt.fps)))
         lookahead = self.clock.seconds_to_samples(engine.lookahead)
         index = 0
+        generation = self._generation
         while not self._stop.is_set():
             with self._frames_cond:
+                if generation != self._generation:
+                    generation, index = self._generation, self._next_to_air
                 index = max(index, self._next_to_air)
                 if index - self._next_to_air >= ahead_frames:
                     self._frames_cond.wait(_POLL_S)
@@ -287,10 +324,10 @@ class Scheduler:
             if size == 0:
                 index += 1  # cannot make its deadline: the overrun policy will replace it at air time
                 continue
-            self._render_batch(index, size)
+            self._render_batch(index, size, generation)
             index += size
 
-    def _render_batch(self, first: int, size: int) -> None:
+    def _render_batch(self, first: int, size: int, generation: int) -> None:
         jobs = [self._job(self.engine, k) for k in range(first, first + size)]
         speaking = [job for job in jobs if job.speech > 0]
         images: dict[int, Image] = {job.index: self.engine.idle(job.index) for job in jobs if job.speech <= 0}
@@ -309,6 +346,8 @@ class Scheduler:
             images.update(zip((job.index for job in speaking), rendered, strict=True))
         self.metrics.count("rendered", len(jobs))
         with self._frames_cond:
+            if generation != self._generation:
+                return  # drawn from speech an interrupt dropped
             for index, image in images.items():
                 if index >= self._next_to_air:
                     self._frames[index] = image
@@ -400,6 +439,7 @@ class Scheduler:
                 if self._stop.is_set() or self._errors:
                     return None
                 self._frames_cond.wait(_POLL_S)
+            self._next_to_take = index + 1
             return self._frames.pop(index)
 
     def _take_live(self, index: int) -> Image | None:
@@ -414,12 +454,17 @@ class Scheduler:
             self.metrics.count("silence_underrun")
             self.timeline.append_silence(end - self.timeline.total)
         with self._frames_cond:
+            self._next_to_take = index + 1
             image = self._frames.pop(index, None)
             for stale in [k for k in self._frames if k < index]:
                 del self._frames[stale]
                 self.metrics.count("dropped")
         if image is None:
-            image = self._overrun(index, (time.monotonic() - air) * 1000)
+            centre = (self.clock.frame_start(index) + end) / 2 / self.fmt.sample_rate
+            if self.timeline.speech_weight(centre, self.config.blend_ms / 1000) <= 0:
+                image = self.engine.idle(index)  # nothing to say: the idle frame is exactly right
+            else:
+                image = self._overrun(index, (time.monotonic() - air) * 1000)
         return image
 
     def _overrun(self, index: int, late_ms: float) -> Image:
@@ -443,7 +488,9 @@ class Scheduler:
             began = time.perf_counter()
             output.write(frame, audio)
             self.metrics.observe(f"output:{name}", (time.perf_counter() - began) * 1000)
-        for event in self.timeline.events_between(start, end):
+        with self._frames_cond:
+            pending, self._pending_events = self._pending_events, []
+        for event in [*pending, *self.timeline.events_between(start, end)]:
             self._emit(event)
         self.metrics.aired(frame.pts, audio.pts, len(audio.samples))
         if self.config.live:

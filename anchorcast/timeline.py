@@ -26,6 +26,8 @@ class SpeechSpan:
     start: int
     end: int
     text: str = ""
+    fade_out: bool = True
+    """False when an interrupt cut the utterance: the mouth stops at once instead of blending out."""
 
 
 @dataclass(slots=True)
@@ -44,6 +46,7 @@ class EnergyVad:
     def __init__(
         self,
         sample_rate: int,
+        origin: int = 0,
         threshold_db: float = -38.0,
         hop_s: float = 0.02,
         min_speech_s: float = 0.06,
@@ -54,7 +57,7 @@ class EnergyVad:
         self.min_hops = max(1, round(min_speech_s / hop_s))
         self.hangover_hops = max(1, round(hangover_s / hop_s))
         self._pending = np.zeros(0, np.float32)
-        self._position = 0
+        self._position = origin
         self._loud_run = 0
         self._quiet_run = 0
         self._open_at: int | None = None
@@ -85,6 +88,14 @@ class EnergyVad:
                 if self._open_at is not None and self._quiet_run >= self.hangover_hops:
                     transitions.append(("end", self._last_loud_end))
                     self._open_at = None
+        return transitions
+
+    def skip(self, samples: int) -> list[tuple[str, int]]:
+        """Advances over audio that is not to be analysed (speech with known spans); closes an open span."""
+        transitions = self.flush()
+        self._position += len(self._pending) + samples
+        self._pending = np.zeros(0, np.float32)
+        self._loud_run = self._quiet_run = 0
         return transitions
 
     def flush(self) -> list[tuple[str, int]]:
@@ -127,22 +138,20 @@ class Timeline:
             self._phonemes.extend(p.shifted(offset) for p in speech.phonemes)
             for event in events or []:
                 self._events.append(_TimedEvent(start, _at(event, offset)))
-            self._write(speech.audio)
+            self._write(speech.audio, detect=False)
             return span
 
     def append_audio(self, samples: FloatAudio) -> None:
         """Appends raw audio (a microphone, a file); speech spans come from an energy VAD."""
         with self._cond:
             if self._vad is None:
-                self._vad = EnergyVad(self.sample_rate)
-            for kind, sample in self._vad.feed(samples):
-                self._mark_vad(kind, sample)
-            self._write(samples)
+                self._vad = EnergyVad(self.sample_rate, origin=self._total)
+            self._write(samples, detect=True)
 
     def append_silence(self, samples: int) -> None:
         if samples > 0:
             with self._cond:
-                self._write(np.zeros(samples, np.float32))
+                self._write(np.zeros(samples, np.float32), detect=True)
 
     def add_event(self, event: Event, sample: int | None = None) -> None:
         """Places ``event`` at ``sample`` (default: the current end of the timeline)."""
@@ -166,7 +175,11 @@ class Timeline:
         elif self._spans:
             self._spans[-1].end = sample
 
-    def _write(self, samples: FloatAudio) -> None:
+    def _write(self, samples: FloatAudio, detect: bool = True) -> None:
+        if self._vad is not None:
+            transitions = self._vad.feed(samples) if detect else self._vad.skip(len(samples))
+            for kind, sample in transitions:
+                self._mark_vad(kind, sample)
         n = len(samples)
         used = self._total - self._base
         if used + n > len(self._buffer):
@@ -219,10 +232,11 @@ class Timeline:
         weight = 0.0
         with self._cond:
             for span in reversed(self._spans):
-                if span.end + ramp < t:
+                tail = ramp if span.fade_out else 0.0
+                if span.end + tail < t:
                     break
                 rise = (t - (span.start - ramp)) / ramp
-                fall = ((span.end + ramp) - t) / ramp
+                fall = ((span.end + tail) - t) / ramp if span.fade_out else float(t < span.end)
                 weight = max(weight, min(1.0, rise, fall))
         return max(0.0, weight)
 
@@ -254,7 +268,51 @@ class Timeline:
 
     def speech_spans(self) -> list[SpeechSpan]:
         with self._cond:
-            return [SpeechSpan(s.start, s.end, s.text) for s in self._spans]
+            return [SpeechSpan(s.start, s.end, s.text, s.fade_out) for s in self._spans]
+
+    def truncate(self, sample: int) -> None:
+        """Drops everything from ``sample`` on (an interrupt of read-ahead speech): audio, utterances (cut
+        short), timings, events. Audio appended afterwards starts at ``sample``."""
+        with self._cond:
+            sample = max(sample, self._base)
+            if sample >= self._total:
+                return
+            self._total = sample
+            self._forget_from(sample)
+            kept = [(end, t) for end, t in self._arrivals if end <= sample]
+            straddling = next(((sample, t) for end, t in self._arrivals if end > sample), None)
+            if straddling is not None and (not kept or kept[-1][0] < sample):
+                kept.append(straddling)
+            self._arrivals = kept
+            if self._vad is not None:
+                self._vad = EnergyVad(self.sample_rate, origin=sample)
+
+    def mute_from(self, sample: int) -> None:
+        """Silences the audio from ``sample`` on and forgets its utterances, timings and events, keeping the
+        timeline's length (an interrupt of live audio: the latency buffer stays as it was)."""
+        with self._cond:
+            sample = max(sample, self._base)
+            if sample >= self._total:
+                return
+            self._buffer[sample - self._base : self._total - self._base] = 0.0
+            self._forget_from(sample)
+            if self._vad is not None:
+                self._vad = EnergyVad(self.sample_rate, origin=self._total)
+
+    def _forget_from(self, sample: int) -> None:
+        with self._cond:
+            self._spans = [s for s in self._spans if s.start < sample]
+            for span in self._spans:
+                if span.end > sample:
+                    span.end = sample
+                    span.fade_out = False
+            self._phonemes = [
+                p if p.end * self.sample_rate <= sample else Timing(p.label, p.start, sample / self.sample_rate)
+                for p in self._phonemes
+                if p.start * self.sample_rate < sample
+            ]
+            self._events = [e for e in self._events if e.sample < sample]
+            self._cond.notify_all()
 
     def release_before(self, sample: int) -> None:
         """Frees audio, spans, timings and events wholly before ``sample`` (already aired)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -149,3 +151,70 @@ def test_choose_batch_meets_the_first_frames_deadline() -> None:
     assert choose_batch(8, 3, latency, now=0.0, deadline=10.0) == 3
     assert choose_batch(2, 8, latency, now=0.0, deadline=10.0) == 2
     assert choose_batch(8, 8, latency, now=0.0, deadline=0.05) == 0  # even one frame would be late
+
+
+class PacedSource(ListSource):
+    """A live source: yields its chunks in real time, as a microphone does."""
+
+    live = True
+
+    def items(self):
+        started = time.monotonic()
+        for chunk in self._items:
+            wait = started + chunk.end / chunk.sample_rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            yield chunk
+
+
+def test_interrupt_drops_read_ahead_speech_and_goes_idle_within_one_frame() -> None:
+    config = SchedulerConfig(live=True, latency_budget_ms=120, lead_in_ms=100, tail_ms=200)
+    output, engine, events = CollectOutput(live=True), LevelEngine(), []
+    items = [TextSegment("a long sentence that will be cut off in the middle of it", 0),
+             TextSegment("and a second one that is never heard", 1)]
+    scheduler = Scheduler(FMT, config, ListSource(items), ToneVoice(FMT.sample_rate), engine, [("out", output)],
+                          emit=events.append)
+    engine.open(FMT)
+    timer = threading.Timer(1.0, lambda: scheduler.interrupt("producer"))
+    timer.start()
+    report = scheduler.run()
+    interrupt = next(e for e in events if e.kind == "interrupt")
+    assert interrupt.reason == "producer"
+    cut = round(interrupt.pts * 25)
+    values = np.array(output.values)
+    assert (values[cut - 5:cut] > 0).all()  # speaking up to the interrupt
+    assert (values[cut:] == 0).all()  # idle from the very next frame
+    audio = output.joined_audio()
+    clock = MediaClock(FMT.fps, FMT.sample_rate)
+    full = expected_audio(items, config)
+    assert np.array_equal(audio[: clock.frame_start(cut)], full[: clock.frame_start(cut)])  # nothing lost before
+    assert not audio[clock.frame_start(cut):].any()  # nothing queued aired after
+    # the run ends after the tail instead of reading the rest
+    assert len(output.indices) == cut + clock.frames_covering(round(0.2 * FMT.sample_rate))
+    assert report["overruns"] == 0
+    started = [e for e in events if e.kind == "speech_started"]
+    assert len(started) == 1 and any(e.kind == "speech_ended" for e in events)
+
+
+def test_interrupt_of_live_audio_silences_the_buffer_and_keeps_the_latency() -> None:
+    rate = FMT.sample_rate
+    signal = tone(3.0, rate, 300, 0.4)
+    chunks = [AudioChunk(signal[i:i + 320], rate, i) for i in range(0, len(signal), 320)]
+    config = SchedulerConfig(live=True, latency_budget_ms=300, lead_in_ms=0, tail_ms=0)
+    output, engine, events = CollectOutput(live=True), LevelEngine(), []
+    scheduler = Scheduler(FMT, config, PacedSource(chunks), None, engine, [("out", output)], emit=events.append)
+    engine.open(FMT)
+    timer = threading.Timer(1.5, scheduler.interrupt)
+    timer.start()
+    report = scheduler.run()
+    clock = MediaClock(FMT.fps, FMT.sample_rate)
+    cut = round(next(e for e in events if e.kind == "interrupt").pts * 25)
+    audio = output.joined_audio()
+    buffered = clock.frames_covering(round(0.3 * rate)) - 1  # about one latency budget of audio was queued
+    muted = audio[clock.frame_start(cut):clock.frame_end(cut + buffered - 2)]
+    assert not muted.any()
+    assert np.array_equal(audio[: clock.frame_start(cut)], signal[: clock.frame_start(cut)])
+    later = clock.frame_start(cut + buffered + 3)
+    assert np.array_equal(audio[later:later + 3200], signal[later:later + 3200])  # live audio flows again
+    assert report["silence_underruns"] == 0  # the latency budget was kept
+    assert np.array(output.values)[cut] == 0

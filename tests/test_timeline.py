@@ -82,3 +82,39 @@ def test_wait_for_wakes_when_audio_arrives() -> None:
     assert timeline.arrival_time(150) is not None and timeline.arrival_time(500) is None
     timeline.finish()
     assert timeline.wait_for(10_000, timeout=0.01)  # finished: nothing more will come
+
+
+def test_truncate_and_mute_cut_speech_without_a_fade() -> None:
+    timeline = Timeline(RATE)
+    timeline.append_silence(RATE)
+    speech = Speech(tone(2.0, RATE), RATE, "cut me", phonemes=(Timing("a", 0.0, 1.0), Timing("b", 1.0, 2.0)))
+    timeline.append_speech(speech, [Caption(0.0, "cut me")])
+    muted = Timeline(RATE)
+    muted.append_silence(RATE)
+    muted.append_speech(speech)
+
+    timeline.truncate(2 * RATE)  # one second into the utterance
+    assert timeline.total == 2 * RATE
+    assert timeline.phonemes_between(0, 10) == (Timing("a", 1.0, 2.0),)
+    assert timeline.speech_weight(1.99, 0.1) == 1 and timeline.speech_weight(2.01, 0.1) == 0  # no blend out
+    timeline.append_silence(RATE // 2)
+    assert not timeline.read(2 * RATE, timeline.total).any()
+
+    muted.mute_from(2 * RATE)
+    assert muted.total == 3 * RATE  # the length (a live latency buffer) is kept
+    assert not muted.read(2 * RATE, 3 * RATE).any() and muted.read(RATE, 2 * RATE).any()
+    assert [e.kind for e in muted.events_between(0, 4 * RATE)] == ["speech_started", "speech_ended"]
+    assert muted.events_between(0, 4 * RATE)[1].pts == 2.0
+
+
+def test_vad_positions_stay_on_the_timeline_across_silence_and_speech() -> None:
+    timeline = Timeline(RATE)
+    timeline.append_silence(RATE // 2)  # a lead-in before the first raw audio
+    timeline.append_audio(np.zeros(RATE // 2, np.float32))
+    timeline.append_speech(Speech(np.zeros(RATE // 4, np.float32), RATE))  # known speech: not analysed
+    timeline.append_audio(np.concatenate([tone(0.5, RATE, 200, 0.3), np.zeros(RATE, np.float32)]))
+    timeline.finish()
+    spans = timeline.speech_spans()
+    detected = spans[-1]
+    assert detected.start == pytest.approx(1.25 * RATE, abs=320)
+    assert detected.end == pytest.approx(1.75 * RATE, abs=320)
