@@ -126,6 +126,8 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
     path = find_profile(args.profile)
     raw = read_toml(path)
     overrides = _run_overrides(args, raw)
+    if args.metrics:
+        _check_writable(args.metrics, "--metrics")
     host = Host.for_profile(path, raw)
     profile = host.load_profile(path, raw=raw, overrides=overrides)
     live = profile.pace == "realtime"
@@ -161,6 +163,16 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
         console.print("[yellow]interrupted: the output was closed cleanly[/]")
         return EXIT_INTERRUPTED
     return 0
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Fails before the run, not after it, when a file the run ends with cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise AnchorcastError(f"{option} {path}: cannot write there: {error.strerror or error}") from None
 
 
 # --- plugins, profiles, doctor -----------------------------------------------------------------------------

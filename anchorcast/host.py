@@ -86,20 +86,28 @@ class Host:
 
     def emit(self, event: Event) -> None:
         """Calls every ``anchorcast_event`` implementation; one that raises is logged, never fatal."""
-        for impl in self.hook.anchorcast_event.get_hookimpls():
-            try:
-                impl.function(**{name: {"host": self, "event": event}[name] for name in impl.argnames})
-            except Exception:  # a side plugin must never take the stream down
-                self.event_failures += 1
-                log.exception("plugin %s failed on %s event", impl.plugin_name, event.kind)
+        self._call_guarded("anchorcast_event", {"host": self, "event": event})
+
+    def post_event(self, event: Event) -> None:
+        """Queues an event from any thread; during a run it is dispatched with the next frame to air."""
+        if self.scheduler is not None:
+            self.scheduler.post_event(event)
+        else:
+            self.emit(event)
 
     def _report_metrics(self, report: dict[str, Any]) -> None:
         self.last_report = report
-        for impl in self.hook.anchorcast_metrics.get_hookimpls():
+        self._call_guarded("anchorcast_metrics", {"host": self, "report": report})
+
+    def _call_guarded(self, hook_name: str, kwargs: dict[str, Any]) -> None:
+        """Calls each implementation of a lifecycle or event hook on its own: a side plugin that raises is
+        logged and the others still run (the stream must not die because of one of them)."""
+        for impl in getattr(self.hook, hook_name).get_hookimpls():
             try:
-                impl.function(**{name: {"host": self, "report": report}[name] for name in impl.argnames})
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
             except Exception:
-                log.exception("plugin %s failed on a metrics report", impl.plugin_name)
+                self.event_failures += 1
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
 
     # --- running -------------------------------------------------------------------------------------------
 
@@ -137,17 +145,14 @@ class Host:
                 fmt, config, source, voice, engine, outputs,
                 fallback=fallback, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
             )
-            self.hook.anchorcast_startup(host=self)
+            self._call_guarded("anchorcast_startup", {"host": self})
             on_ready(self.scheduler)
             return self.scheduler.run()
         finally:
             self._close_all(opened)
             if self.scheduler is not None:
                 self.last_report = self.scheduler.metrics.report()
-            try:
-                self.hook.anchorcast_shutdown(host=self)
-            except Exception:
-                log.exception("a plugin failed at shutdown")
+            self._call_guarded("anchorcast_shutdown", {"host": self})
 
     def stop(self) -> None:
         """Ends the current run after the frame on air; outputs are closed as usual."""

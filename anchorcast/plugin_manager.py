@@ -160,6 +160,9 @@ class PluginManager:
             name = getattr(module, "__name__", type(module).__name__)
             record = PluginRecord(name, name, "(in process)", "", builtin=False)
             self.records.append(record)
+        if record.name in self._modules:
+            self._fail(record, f"another plugin is already registered as {record.name!r}", PluginError(record.name))
+            return record
         try:
             self.pm.register(module, name=record.name)
         except Exception as error:  # pluggy validates hookimpl names and signatures here
@@ -170,9 +173,10 @@ class PluginManager:
         return record
 
     def _fail(self, record: PluginRecord, message: str, error: BaseException) -> None:
+        was_loaded = record.status == "loaded"
         record.status = "failed"
         record.error = message
-        if record.name in self._modules:
+        if was_loaded:  # only ever unregister this record's own plugin, never another of the same name
             self.pm.unregister(name=record.name)
             del self._modules[record.name]
         if self.policy.strict:
@@ -183,11 +187,11 @@ class PluginManager:
 
     def collect(self, host: Host) -> None:
         """Calls every registration hook, plugin by plugin, so a failure is pinned on its plugin."""
-        records = {r.name: r for r in self.records}
+        records = {r.name: r for r in self.records if r.status == "loaded"}
         for kind, hook_name in _REGISTRATION_HOOKS.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls()[::-1]:
-                record = records[impl.plugin_name]
-                if record.status != "loaded":
+                record = records.get(impl.plugin_name)
+                if record is None or record.status != "loaded":
                     continue
 
                 def register(
@@ -204,8 +208,8 @@ class PluginManager:
 
                 self._call_impl(impl, record, host=host, register=register)
         for impl in self.pm.hook.anchorcast_register_commands.get_hookimpls()[::-1]:
-            record = records[impl.plugin_name]
-            if record.status != "loaded":
+            record = records.get(impl.plugin_name)
+            if record is None or record.status != "loaded":
                 continue
 
             def register_command(
@@ -247,4 +251,5 @@ class PluginManager:
 
 
 def _is_builtin(entry_point: EntryPoint) -> bool:
-    return entry_point.value.split(":")[0].startswith("anchorcast_plugins")
+    """Shipped in the anchorcast distribution itself (a module name alone proves nothing)."""
+    return entry_point.dist is not None and entry_point.dist.metadata["Name"] == PROJECT_NAME

@@ -132,6 +132,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: cannot read: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ProfileError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {error.start}): save the profile as UTF-8") from None
 
 
 # --- command-line overrides --------------------------------------------------------------------------------

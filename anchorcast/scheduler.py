@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -111,10 +111,15 @@ def choose_batch(
 
 
 class Resampler:
-    """Brings speech or audio to the timeline's rate (soxr, high quality)."""
+    """Brings speech or audio to the timeline's rate (soxr, high quality).
+
+    Whole utterances are resampled in one go; a stream of chunks keeps one soxr stream per input rate, so the
+    filter runs across chunk boundaries without clicks (:meth:`flush` at the end).
+    """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
+        self._streams: dict[int, Any] = {}
 
     def __call__(self, samples: np.ndarray, rate: int) -> np.ndarray:
         samples = np.asarray(samples, np.float32)
@@ -123,6 +128,24 @@ class Resampler:
         import soxr
 
         return soxr.resample(samples, rate, self.rate, quality="HQ").astype(np.float32, copy=False)
+
+    def chunk(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        samples = np.asarray(samples, np.float32)
+        if rate == self.rate:
+            return samples
+        stream = self._streams.get(rate)
+        if stream is None:
+            import soxr
+
+            stream = self._streams[rate] = soxr.ResampleStream(rate, self.rate, 1, dtype="float32", quality="HQ")
+        return stream.resample_chunk(samples)
+
+    def flush(self) -> np.ndarray:
+        """What the chunk streams still hold, at the end of the input."""
+        empty = np.zeros(0, np.float32)
+        tails = [stream.resample_chunk(empty, last=True) for stream in self._streams.values()]
+        self._streams.clear()
+        return np.concatenate([empty, *tails])
 
 
 class Scheduler:
@@ -174,6 +197,7 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self._generation = 0  # bumped by every interrupt: work begun before it is discarded
         self._feed_lock = threading.Lock()
+        self._lead_in_done = False
         self._pending_events: list[Event] = []
 
     # --- public ------------------------------------------------------------------------------------------
@@ -232,7 +256,6 @@ class Scheduler:
 
     def _feed(self) -> None:
         config = self.config
-        self.timeline.append_silence(self.clock.seconds_to_samples(config.lead_in_ms / 1000))
         pause = self.clock.seconds_to_samples(config.pause_ms / 1000)
         spoken_before = False
         for item in self._items():
@@ -240,7 +263,8 @@ class Scheduler:
                 return
             self._wait_for_room()
             if isinstance(item, AudioChunk):
-                self.timeline.append_audio(self._resample(item.samples, item.sample_rate))
+                self._lead_in()
+                self.timeline.append_audio(self._resample.chunk(item.samples, item.sample_rate))
                 continue
             generation = self._generation
             for number, speech in enumerate(self._speak(item)):
@@ -255,12 +279,23 @@ class Scheduler:
                 with self._feed_lock:
                     if generation != self._generation:
                         break  # interrupted while this segment was being synthesized
+                    self._lead_in()
                     if spoken_before:
                         self.timeline.append_silence(pause)
                     self.timeline.append_speech(speech, events)
                     spoken_before = True
+        self._lead_in()
+        if len(tail := self._resample.flush()):
+            self.timeline.append_audio(tail)
         self.timeline.append_silence(self.clock.seconds_to_samples(config.tail_ms / 1000))
         self.timeline.finish()
+
+    def _lead_in(self) -> None:
+        """The silence before the first words, appended with the first audio: the live clock starts when real
+        audio is ready, not when the feeder started waiting for a slow voice."""
+        if not self._lead_in_done:
+            self._lead_in_done = True
+            self.timeline.append_silence(self.clock.seconds_to_samples(self.config.lead_in_ms / 1000))
 
     def _items(self) -> Iterator[TextSegment | AudioChunk]:
         return iter(self.source.items())
@@ -450,9 +485,8 @@ class Scheduler:
         if self.timeline.finished and index >= self._frame_count():
             return None
         end = self.clock.frame_end(index)
-        if self.timeline.total < end and not self.timeline.finished:
+        if self.timeline.pad_to(end):
             self.metrics.count("silence_underrun")
-            self.timeline.append_silence(end - self.timeline.total)
         with self._frames_cond:
             self._next_to_take = index + 1
             image = self._frames.pop(index, None)
@@ -477,21 +511,24 @@ class Scheduler:
             policy = "idle"
             image = self.engine.idle(index)
         self.metrics.count(f"overrun_{policy}")
-        self._emit(Overrun(self.clock.frame_pts(index), index, policy, late_ms))
+        self._dispatch(Overrun(self.clock.frame_pts(index), index, policy, late_ms))
         return image
 
     def _air(self, index: int, image: Image) -> None:
         start, end = self.clock.frame_start(index), self.clock.frame_end(index)
         audio = AudioChunk(self.timeline.read(start, end), self.fmt.sample_rate, start)
         frame = VideoFrame(image, index, self.fmt.fps)
-        for name, output in self.outputs:
+        for name, output in list(self.outputs):
             began = time.perf_counter()
-            output.write(frame, audio)
+            try:
+                output.write(frame, audio)
+            except Exception as error:
+                self._output_failed(name, output, error)
             self.metrics.observe(f"output:{name}", (time.perf_counter() - began) * 1000)
         with self._frames_cond:
             pending, self._pending_events = self._pending_events, []
         for event in [*pending, *self.timeline.events_between(start, end)]:
-            self._emit(event)
+            self._dispatch(event)
         self.metrics.aired(frame.pts, audio.pts, len(audio.samples))
         if self.config.live:
             arrived = self.timeline.arrival_time(end - 1)
@@ -500,6 +537,35 @@ class Scheduler:
         self._last_image = image
         keep = self.clock.seconds_to_samples(max(self.engine.lookbehind, 1.0))
         self.timeline.release_before(start - keep)
+
+    def post_event(self, event: Event) -> None:
+        """Queues an event from any thread (an ASR worker, a control API); it is dispatched with the next frame."""
+        with self._frames_cond:
+            self._pending_events.append(event)
+
+    def _dispatch(self, event: Event) -> None:
+        """Events go to outputs that take them (an optional ``event(event)`` method), then to the event hook."""
+        for name, output in list(self.outputs):
+            handler = getattr(output, "event", None)
+            if handler is None:
+                continue
+            try:
+                handler(event)
+            except Exception as error:
+                self._output_failed(name, output, error)
+        self._emit(event)
+
+    def _output_failed(self, name: str, output: Output, error: Exception) -> None:
+        """A failing output is dropped from the stream and the others go on; the last one's failure ends the run."""
+        self.metrics.count(f"output_failed:{name}")
+        if len(self.outputs) == 1:
+            raise error
+        log.error("output %s failed and was taken off the stream: %s: %s", name, type(error).__name__, error)
+        self.outputs = [(n, o) for n, o in self.outputs if o is not output]
+        try:
+            output.close()
+        except Exception:  # already failing: its close error adds nothing
+            log.debug("closing the failed output %s also failed", name, exc_info=True)
 
     # --- threads -------------------------------------------------------------------------------------------
 

@@ -153,6 +153,17 @@ class Timeline:
             with self._cond:
                 self._write(np.zeros(samples, np.float32), detect=True)
 
+    def pad_to(self, end: int) -> int:
+        """Appends silence up to sample ``end`` unless the audio is already there or the timeline is finished;
+        returns how many samples were added. Atomic: a writer can never slip audio in between the check and the
+        padding."""
+        with self._cond:
+            missing = end - self._total
+            if self._finished or missing <= 0:
+                return 0
+            self._write(np.zeros(missing, np.float32), detect=True)
+            return missing
+
     def add_event(self, event: Event, sample: int | None = None) -> None:
         """Places ``event`` at ``sample`` (default: the current end of the timeline)."""
         with self._cond:

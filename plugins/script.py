@@ -128,10 +128,13 @@ def markdown_paragraphs(text: str) -> Iterator[str]:
             continue
         heading = re.match(r"^#{1,6}\s+(.*)$", line)
         item = re.match(r"^(?:[-*+]|\d+[.)])\s+(.*)$", line)
-        if heading or item or _CUE.match(line):
+        cue = _CUE.match(line)
+        if heading or item or cue:
             yield from flush()
-            line = (heading or item)[1] if (heading or item) else line
-            paragraph.append(_inline(line))
+            if cue:  # the cue's name is an identifier (an OBS scene): only the text after it is Markdown
+                paragraph.append(f"[cue: {cue['name']}] {_inline(cue['rest'])}".strip())
+            else:
+                paragraph.append(_inline((heading or item)[1]))
             if heading or item:
                 yield from flush()
             continue

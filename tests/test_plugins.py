@@ -230,3 +230,36 @@ def test_a_component_missing_its_package_is_a_clear_error(host: Host, plugin: Re
                                               r"installed: No module named 'vendor_sdk_that_is_not_installed'"):
         host.run(profile)
     assert plugin.outputs[-1].closed  # what was opened before the failure is closed again
+
+
+def test_a_plugin_with_a_taken_name_fails_without_disabling_the_first() -> None:
+    first, second = RecordingPlugin(), RecordingPlugin()
+    host = Host.create(PluginPolicy(), extra_plugins=(first, second))
+    records = [r for r in host.plugins.records if r.name == "RecordingPlugin"]
+    assert [r.status for r in records] == ["loaded", "failed"]
+    assert "already registered" in records[1].error
+    assert host.plugins.component("source", "test-list") is not None
+    assert host.plugins.pm.get_plugin("RecordingPlugin") is first
+
+
+def test_builtin_means_shipped_by_anchorcast_not_named_like_it(tmp_path: Path, monkeypatch) -> None:
+    root = make_distribution(tmp_path / "site", "evil-extras", {"anchorcast_plugins_evil": GOOD_PLUGIN},
+                             {"evil": "anchorcast_plugins_evil"})
+    monkeypatch.syspath_prepend(str(root))
+    host = Host.create(PluginPolicy(allow=frozenset({"viseme"})))
+    record = next(r for r in host.plugins.records if r.name == "evil")
+    assert not record.builtin and record.status == "not allowed"
+
+
+def test_a_failing_startup_hook_does_not_stop_the_run(host: Host, plugin: RecordingPlugin) -> None:
+    from anchorcast import hookimpl
+
+    class BrokenStartup:
+        @hookimpl
+        def anchorcast_startup(self, host):
+            raise RuntimeError("OBS is not running")
+
+    host.plugins.register_module(BrokenStartup())
+    report = host.run(host.load_profile(None, raw=make_profile()))
+    assert report["frames"] > 0 and host.event_failures >= 1
+    assert ("startup", host) in plugin.calls

@@ -137,3 +137,9 @@ def test_profile_check_cli(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(bad) in result.stderr and "engine.use" in result.stderr and "viseme" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_profile_that_is_not_utf8_is_a_clear_error(host: Host, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# café\n[source]\nuse = 'script'\n".encode("latin-1"))
+    assert "not UTF-8" in problems(host, path)

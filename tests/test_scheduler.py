@@ -218,3 +218,52 @@ def test_interrupt_of_live_audio_silences_the_buffer_and_keeps_the_latency() -> 
     assert np.array_equal(audio[later:later + 3200], signal[later:later + 3200])  # live audio flows again
     assert report["silence_underruns"] == 0  # the latency budget was kept
     assert np.array(output.values)[cut] == 0
+
+
+def test_live_clock_starts_when_the_first_audio_is_ready() -> None:
+    """A slow first sentence must not eat the latency budget: the clock starts with the first real audio."""
+    config = SchedulerConfig(live=True, latency_budget_ms=300, lead_in_ms=100, tail_ms=100)
+    engine, output = LevelEngine(delay_per_frame=0.02), CollectOutput(live=True)
+    scheduler = Scheduler(FMT, config, ListSource([TextSegment("slow to start", 0)]), ToneVoice(delay=0.8),
+                          engine, [("out", output)])
+    engine.open(FMT)
+    report = scheduler.run()
+    assert report["silence_underruns"] == 0 and report["overruns"] == 0
+    assert report["startup_seconds"] == pytest.approx(0.8 + 0.3, abs=0.15)
+
+
+def test_resampled_audio_chunks_join_without_clicks() -> None:
+    rate_in = 44100
+    signal = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate_in) / rate_in)).astype(np.float32)
+    chunks = [AudioChunk(signal[i:i + 441], rate_in, i) for i in range(0, len(signal), 441)]
+    output, engine = CollectOutput(), LevelEngine()
+    scheduler = Scheduler(FMT, SchedulerConfig(lead_in_ms=0, tail_ms=0), ListSource(chunks), None, engine,
+                          [("out", output)])
+    engine.open(FMT)
+    scheduler.run()
+    import soxr
+
+    whole = soxr.resample(signal, rate_in, FMT.sample_rate, quality="HQ")
+    assert np.abs(output.joined_audio()[: len(whole)] - whole).max() < 1e-6
+
+
+def test_a_failing_side_output_is_dropped_and_the_stream_goes_on() -> None:
+    class Failing(CollectOutput):
+        def write(self, frame, audio):
+            if frame.index == 10:
+                raise OSError("connection reset")
+            super().write(frame, audio)
+
+    main, side, engine = CollectOutput(), Failing(), LevelEngine()
+    scheduler = Scheduler(FMT, SchedulerConfig(), ListSource(SEGMENTS), ToneVoice(), engine,
+                          [("main", main), ("side", side)])
+    engine.open(FMT)
+    report = scheduler.run()
+    assert len(main.indices) == report["frames"] > 10
+    assert side.indices == list(range(10)) and side.closed
+    # alone, the same failure ends the run with the error
+    engine = LevelEngine()
+    engine.open(FMT)
+    alone = Scheduler(FMT, SchedulerConfig(), ListSource(SEGMENTS), ToneVoice(), engine, [("only", Failing())])
+    with pytest.raises(OSError, match="connection reset"):
+        alone.run()

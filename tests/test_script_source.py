@@ -86,3 +86,8 @@ def test_bad_scripts_are_clear_errors(tmp_path: Path) -> None:
         ScriptSource.from_settings(None, {"path": binary, "text": None, "language": "auto", "max_chars": 240})
     with pytest.raises(ProfileError, match="source.path"):
         ScriptSource.from_settings(None, {"path": None, "text": None, "language": "auto", "max_chars": 240})
+
+
+def test_cue_names_are_kept_verbatim() -> None:
+    segments = list(ScriptSource("[cue: news_desk_wide] Good *evening*.\n\n[cue: 2_shot]\nNext.", "x").segments())
+    assert [(s.cue, s.text) for s in segments] == [("news_desk_wide", "Good evening."), ("2_shot", "Next.")]
