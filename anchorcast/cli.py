@@ -119,6 +119,7 @@ def _run_overrides(args: argparse.Namespace, raw: dict[str, Any]) -> list[tuple[
 
 
 def command_run(_: Any, args: argparse.Namespace) -> int:
+    from anchorcast.console_keys import KeyCommands
     from anchorcast.display import RunDisplay, metrics_table
     from anchorcast.host import Host
     from anchorcast.profile import find_profile, read_toml
@@ -147,8 +148,11 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
         host.stop()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    keys = KeyCommands({"i": lambda: host.interrupt("console"), "q": host.stop})
     try:
-        with RunDisplay(console, float(profile.stream.fps), live) as display:
+        with keys, RunDisplay(console, float(profile.stream.fps), live) as display:
+            if keys.active:
+                console.print("[dim]keys: i interrupts the anchor, q stops the run[/]")
             report = host.run(profile, on_progress=display.frame, on_metrics=display.metrics)
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -131,6 +131,7 @@ class RunMetrics:
                 + self.counters["overrun_idle"]
                 + self.counters["overrun_fallback"],
                 "silence_underruns": self.counters["silence_underrun"],
+                "interrupts": self.counters["interrupts"],
                 "batch_size_mean": round(sum(k * v for k, v in self.batch_sizes.items()) / batches, 3)
                 if batches
                 else 0.0,

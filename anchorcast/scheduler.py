@@ -236,6 +236,7 @@ class Scheduler:
         """
         with self._feed_lock, self._frames_cond:
             self._generation += 1
+            self.metrics.count("interrupts")
             index = self._next_to_take
             cut = self.clock.frame_start(index)
             if self.source.live:

@@ -123,3 +123,31 @@ def test_ctrl_c_leaves_a_playable_file(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "m.json").read_text())
     assert len(video.frames) == report["frames"] > 25
     assert abs(video.video_seconds - video.audio_seconds) <= 1 / 25
+
+
+def test_console_key_interrupts_the_anchor(tmp_path: Path) -> None:
+    """`i` typed in the run's terminal interrupts: the rest of the script is dropped, the file stays whole."""
+    import pty
+
+    text = "This is a long bulletin that the producer will cut short from the console. " * 4
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160"}
+    process = subprocess.Popen([*ANCHORCAST, "run", "--text", text, "--out", "cut.mp4", "--set",
+                                "scheduler.pace=realtime", "--metrics", "m.json"],
+                               cwd=tmp_path, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    output = tmp_path / "cut.mp4"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not output.exists() or output.stat().st_size < 20_000):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.write(master, b"i")
+    _, stderr = process.communicate(timeout=120)
+    os.close(master)
+    assert process.returncode == 0, stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["interrupts"] == 1
+    assert report["media_seconds"] < 12  # the whole text takes about 25 s to read
+    video = decode(output, keep_frames=False)
+    assert len(video.frames) == report["frames"]
+    assert abs(video.video_seconds - video.audio_seconds) <= 1 / 25
