@@ -141,11 +141,18 @@ class SpeechEnded(Event):
 
 @dataclass(frozen=True, slots=True)
 class Caption(Event):
-    """A caption line; ``final`` is False for partial ASR results that a later caption replaces."""
+    """A caption line from ``pts`` to ``end`` (seconds on the host timeline).
+
+    ``final`` is False for partial ASR results that a later caption replaces. ``source`` says where it came
+    from: ``"voice"`` (the text a voice read, with its ``words`` timed on the host timeline when the voice gave
+    them) or ``"asr"`` (speech recognition).
+    """
 
     text: str = ""
     final: bool = True
     end: float | None = None
+    source: str = "voice"
+    words: tuple[Timing, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -275,7 +275,7 @@ class Scheduler:
                 if item.cue and number == 0:
                     events.append(Cue(0.0, item.cue))
                 if speech.text:
-                    events.append(Caption(0.0, speech.text, True, speech.duration))
+                    events.append(Caption(0.0, speech.text, True, speech.duration, "voice", speech.words))
                 speech = self._at_timeline_rate(speech)
                 with self._feed_lock:
                     if generation != self._generation:
@@ -458,7 +458,24 @@ class Scheduler:
                 last_report = now
                 self._on_metrics(self.metrics.report())
             self._raise_worker_error()
+        self._finish_outputs()
         self._on_metrics(self.metrics.report())
+
+    def _finish_outputs(self) -> None:
+        """The stream is over: outputs with an optional ``finish()`` complete their work (a recogniser's last
+        phrase), and the events that produces are dispatched before the outputs are closed."""
+        for name, output in list(self.outputs):
+            finish = getattr(output, "finish", None)
+            if finish is None:
+                continue
+            try:
+                finish()
+            except Exception as error:
+                self._output_failed(name, output, error)
+        with self._frames_cond:
+            pending, self._pending_events = self._pending_events, []
+        for event in pending:
+            self._dispatch(event)
 
     def _start_clock(self) -> bool:
         while not self.timeline.wait_for_any(_POLL_S):

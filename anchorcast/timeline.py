@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from anchorcast.media import Event, FloatAudio, Speech, SpeechEnded, SpeechStarted, Timing
+from anchorcast.media import Caption, Event, FloatAudio, Speech, SpeechEnded, SpeechStarted, Timing
 
 _MIN_CAPACITY = 1 << 16
 
@@ -344,5 +344,9 @@ class Timeline:
 
 
 def _at(event: Event, seconds: float, absolute: bool = False) -> Event:
-    """``event`` with its pts moved onto the timeline (relative to ``seconds`` unless ``absolute``)."""
-    return replace(event, pts=seconds if absolute else seconds + event.pts)
+    """``event`` with its times moved onto the timeline (relative to ``seconds`` unless ``absolute``)."""
+    shift = seconds - event.pts if absolute else seconds
+    if isinstance(event, Caption):
+        end = None if event.end is None else event.end + shift
+        return replace(event, pts=event.pts + shift, end=end, words=tuple(w.shifted(shift) for w in event.words))
+    return replace(event, pts=event.pts + shift)
