@@ -18,6 +18,7 @@ import anchorcast_plugins
 from anchorcast.errors import InputError
 from anchorcast_plugins.wav2lip import avatar as avatars
 from anchorcast_plugins.wav2lip.avatar import Avatar, open_avatar, prepare_avatar
+from anchorcast_plugins.wav2lip.cli_args import configure_avatar
 
 ASTRONAUT = Path(anchorcast_plugins.__file__).parent / "assets" / "astronaut.png"
 SIZE = 448
@@ -336,7 +337,7 @@ def test_a_broken_source_is_reported(tmp_path: Path) -> None:
 
 def _cli(arguments: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="anchorcast avatar")
-    avatars.configure_avatar(parser)
+    configure_avatar(parser)
     return parser.parse_args(arguments)
 
 

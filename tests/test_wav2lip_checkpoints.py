@@ -35,9 +35,9 @@ from anchorcast_plugins.wav2lip.checkpoints import (
     load_checkpoint,
     tensors_sha256,
 )
+from anchorcast_plugins.wav2lip.cli_args import configure_weights
 from anchorcast_plugins.wav2lip.models import MODEL_KINDS
 from anchorcast_plugins.wav2lip.weights_store import (
-    configure_weights,
     default_name,
     import_weights,
     list_weights,

@@ -1,1 +1,64 @@
-"""The Wav2Lip lip engine: checkpoint-compatible models, safe loading, prepared avatars, fast CPU paths."""
+"""The Wav2Lip lip engine: checkpoint-compatible models, safe loading, prepared avatars, fast CPU paths.
+
+Registers the engine ``wav2lip`` and the commands ``anchorcast weights`` (import, list) and ``anchorcast avatar``
+(prepare). Nothing heavy is imported here: torch and friends load when a command runs or the engine is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anchorcast import hookimpl
+from anchorcast.components import Setting
+
+SETTINGS = {
+    "weights": Setting(str, help="generator weights: a name from `anchorcast weights list`, or a checkpoint path"),
+    "avatar": Setting(
+        str, None, "a portrait, a video or an avatar folder (default: the bundled portrait)", kind="file"
+    ),
+    "face_box": Setting(list, None, "[x, y, w, h] in the avatar's pixels, instead of face detection"),
+    "device": Setting(str, "auto", "auto (mlu, then cuda, then cpu), cpu, cuda, cuda:N, mlu, mlu:N"),
+    "backend": Setting(str, "auto", "auto (the fastest accurate one), torch, int8", choices=("auto", "torch", "int8")),
+    "max_batch": Setting(int, 4, "largest batch the scheduler may form", minimum=1, maximum=64),
+}
+
+
+@hookimpl
+def anchorcast_register_engines(host: Any, register: Any) -> None:
+    register("wav2lip", _create_engine, settings=SETTINGS, summary="Wav2Lip generator (+GAN) on mlu/cuda/cpu")
+
+
+def _create_engine(host: Any, settings: dict[str, Any]) -> Any:
+    from anchorcast_plugins.wav2lip.engine import Wav2LipEngine
+
+    return Wav2LipEngine(settings)
+
+
+@hookimpl
+def anchorcast_register_commands(host: Any, register: Any) -> None:
+    register("weights", _configure_weights, _run_weights, summary="import and list Wav2Lip weights")
+    register("avatar", _configure_avatar, _run_avatar, summary="prepare an avatar folder from a portrait or video")
+
+
+def _configure_weights(parser: Any) -> None:
+    from anchorcast_plugins.wav2lip.cli_args import configure_weights
+
+    configure_weights(parser)
+
+
+def _run_weights(host: Any, args: Any) -> int:
+    from anchorcast_plugins.wav2lip.weights_store import run_weights
+
+    return run_weights(host, args)
+
+
+def _configure_avatar(parser: Any) -> None:
+    from anchorcast_plugins.wav2lip.cli_args import configure_avatar
+
+    configure_avatar(parser)
+
+
+def _run_avatar(host: Any, args: Any) -> int:
+    from anchorcast_plugins.wav2lip.avatar import run_avatar
+
+    return run_avatar(host, args)

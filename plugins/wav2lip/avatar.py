@@ -736,21 +736,6 @@ def open_avatar(path: Path, cache_root: Path | None = None, *, face_box: FaceBox
 # --- the CLI: `anchorcast avatar prepare` ------------------------------------------------------------------------
 
 
-def configure_avatar(parser: argparse.ArgumentParser) -> None:
-    """Adds ``prepare SOURCE [--out DIR] [--face-box x,y,w,h] [--fps N] [--max-seconds S]``."""
-    actions = parser.add_subparsers(dest="avatar_action", metavar="ACTION", required=True)
-    prepare = actions.add_parser(
-        "prepare", help="detect the face in an image or video once and store an avatar folder",
-        description="Prepare an avatar folder (frames, face boxes, crops, paste mask) that runs reuse. "
-                    "Without --out it goes where a profile naming SOURCE looks for it.")
-    prepare.add_argument("source", type=Path, metavar="SOURCE", help="a portrait image (png, jpg) or a video")
-    prepare.add_argument("--out", type=Path, metavar="DIR", help="the avatar folder to write")
-    prepare.add_argument("--face-box", metavar="X,Y,W,H",
-                         help="a fixed face box for every frame (skips detection)")
-    prepare.add_argument("--fps", type=float, metavar="N", help="resample a video to N frames per second")
-    prepare.add_argument("--max-seconds", type=float, metavar="S", help="use only the first S seconds of a video")
-
-
 def run_avatar(host: Any, args: argparse.Namespace) -> int:
     """Runs ``anchorcast avatar prepare``: a progress bar for videos, then a summary."""
     from rich.console import Console

@@ -180,18 +180,6 @@ def resolve_weights(name_or_path: str | Path, expected_kind: str | None = "gener
 # --- CLI ----------------------------------------------------------------------------------------------------
 
 
-def configure_weights(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``anchorcast weights``: ``import FILE [--name NAME] [--overwrite]`` and ``list``."""
-    actions = parser.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
-    add = actions.add_parser("import", help="verify a Wav2Lip checkpoint and store a safetensors copy",
-                             description="Verify a Wav2Lip checkpoint (any public container: .pth, TorchScript "
-                             ".pt, .safetensors) and store a safetensors copy in the weights folder.")
-    add.add_argument("file", type=Path, help="the checkpoint file")
-    add.add_argument("--name", help="store name (default: from the file name); profiles use it as `weights`")
-    add.add_argument("--overwrite", action="store_true", help="replace other weights stored under this name")
-    actions.add_parser("list", help="list the stored weights")
-
-
 def run_weights(host: Any, args: argparse.Namespace, console: Console | None = None) -> int:
     """Run ``anchorcast weights ...``; user mistakes raise :class:`InputError` for the CLI to print."""
     out = console or Console()
