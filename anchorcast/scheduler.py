@@ -293,10 +293,12 @@ class Scheduler:
 
     def _lead_in(self) -> None:
         """The silence before the first words, appended with the first audio: the live clock starts when real
-        audio is ready, not when the feeder started waiting for a slow voice."""
+        audio is ready, not when the feeder started waiting for a slow voice. A live source (a microphone) gets
+        none: it would only add to the latency."""
         if not self._lead_in_done:
             self._lead_in_done = True
-            self.timeline.append_silence(self.clock.seconds_to_samples(self.config.lead_in_ms / 1000))
+            if not self.source.live:
+                self.timeline.append_silence(self.clock.seconds_to_samples(self.config.lead_in_ms / 1000))
 
     def _items(self) -> Iterator[TextSegment | AudioChunk]:
         return iter(self.source.items())
