@@ -151,7 +151,7 @@ class Host:
         finally:
             self._close_all(opened)
             if self.scheduler is not None:
-                self.last_report = self.scheduler.metrics.report()
+                self.last_report = self.scheduler.report()
             self._call_guarded("anchorcast_shutdown", {"host": self})
 
     def stop(self) -> None:

@@ -215,7 +215,7 @@ class Scheduler:
                 thread.join(timeout=5)
             self.metrics.stop()
         self._raise_worker_error()
-        return self.metrics.report()
+        return self.report()
 
     def stop(self) -> None:
         """Ends the run after the frame being aired; safe from any thread."""
@@ -458,10 +458,10 @@ class Scheduler:
             now = time.monotonic()
             if now - last_report >= 1.0:
                 last_report = now
-                self._on_metrics(self.metrics.report())
+                self._on_metrics(self.report())
             self._raise_worker_error()
         self._finish_outputs()
-        self._on_metrics(self.metrics.report())
+        self._on_metrics(self.report())
 
     def _finish_outputs(self) -> None:
         """The stream is over: outputs with an optional ``finish()`` complete their work (a recogniser's last
@@ -557,6 +557,21 @@ class Scheduler:
         self._last_image = image
         keep = self.clock.seconds_to_samples(max(self.engine.lookbehind, 1.0))
         self.timeline.release_before(start - keep)
+
+    def report(self) -> dict[str, Any]:
+        """The metrics report, with the counters of outputs that keep their own (an optional ``metrics()``)."""
+        report = self.metrics.report()
+        extra = {}
+        for name, output in self.outputs:
+            own = getattr(output, "metrics", None)
+            if callable(own):
+                try:
+                    extra[name] = own()
+                except Exception:  # a report must never fail a run
+                    log.debug("output %s could not report its metrics", name, exc_info=True)
+        if extra:
+            report["outputs"] = extra
+        return report
 
     def post_event(self, event: Event) -> None:
         """Queues an event from any thread (an ASR worker, a control API); it is dispatched with the next frame."""
