@@ -215,7 +215,7 @@ def command_profile(host: Any, args: argparse.Namespace) -> int:
     out.print(f"[green]ok[/] {path}: {stream.width}x{stream.height} @ {float(stream.fps):g} fps, "
               f"{stream.sample_rate} Hz", highlight=False)
     for stage in profile.stages:
-        out.print(f"  [{stage.table}] {stage.kind} {stage.use}", highlight=False)
+        out.print(f"  [{stage.table}] {stage.kind} {stage.use}", highlight=False, markup=False)
     return 0
 
 

@@ -143,3 +143,9 @@ def test_a_profile_that_is_not_utf8_is_a_clear_error(host: Host, tmp_path: Path)
     path = tmp_path / "latin1.toml"
     path.write_bytes("# café\n[source]\nuse = 'script'\n".encode("latin-1"))
     assert "not UTF-8" in problems(host, path)
+
+
+@pytest.mark.parametrize("name", sorted(bundled_profiles()))
+def test_every_bundled_profile_validates(host: Host, name: str) -> None:
+    profile = host.load_profile(bundled_profiles()[name])
+    assert profile.outputs and profile.engine.use in {"viseme", "wav2lip"}
