@@ -1,0 +1,149 @@
+"""The wav2lip engine end to end: weights from the store, the bundled portrait prepared, frames pasted back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anchorcast.components import FrameJob
+from anchorcast.media import StreamFormat
+from anchorcast_plugins.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
+from anchorcast_plugins.wav2lip.models import Wav2Lip
+from tests.mp4 import decode
+
+FMT = StreamFormat(640, 360, Fraction(25), 16000)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ANCHORCAST_HOME with random generator weights imported as "test-gen"."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("anchorcast-home")
+    torch.manual_seed(0)
+    model = Wav2Lip()
+    checkpoint = root / "generator.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    previous = os.environ.get("ANCHORCAST_HOME")
+    os.environ["ANCHORCAST_HOME"] = str(root)
+    from anchorcast_plugins.wav2lip.weights_store import import_weights
+
+    import_weights(checkpoint, "test-gen")
+    yield root
+    if previous is None:
+        del os.environ["ANCHORCAST_HOME"]
+    else:
+        os.environ["ANCHORCAST_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def engine(home: Path):
+    from anchorcast_plugins.wav2lip.engine import Wav2LipEngine
+
+    engine = Wav2LipEngine({"weights": "test-gen", "avatar": None, "face_box": None, "device": "cpu",
+                            "backend": "torch", "max_batch": 4})
+    engine.open(FMT)
+    yield engine
+    engine.close()
+
+
+def job(index: int, speech: float, seed: int = 1) -> FrameJob:
+    behind, ahead = LOOKBEHIND_SAMPLES, lookahead_samples(FMT.fps)
+    frame = 640
+    rng = np.random.default_rng(seed)
+    t = np.arange(behind + frame + ahead) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + rng.normal(0, 0.1, t.size))).astype(np.float32)
+    return FrameJob(index, index / 25, audio, behind, frame, speech)
+
+
+def test_engine_follows_the_protocol_and_pastes_only_inside_the_face_box(engine) -> None:
+    assert engine.lookbehind == pytest.approx(LOOKBEHIND_SAMPLES / 16000)
+    assert engine.lookahead == pytest.approx(lookahead_samples(FMT.fps) / 16000)
+    idle = engine.idle(3)
+    assert idle.shape == (360, 640, 3) and idle.dtype == np.uint8
+    frames = engine.render([job(3, 1.0), job(4, 1.0)])
+    assert all(f.shape == (360, 640, 3) and f.dtype == np.uint8 for f in frames)
+    x1, y1, x2, y2 = engine.layout.box(engine.avatar.box(3))
+    changed = np.any(frames[0] != idle, axis=2)
+    assert changed.any()
+    outside = changed.copy()
+    outside[y1:y2, x1:x2] = False
+    assert not outside.any()  # nothing outside the face box is touched
+    ys, _ = np.nonzero(changed)
+    assert ys.min() >= y1 + 0.3 * (y2 - y1)  # the feathered mask keeps the eyes and forehead as they were
+
+
+def test_speech_presence_blends_the_paste(engine) -> None:
+    idle = engine.idle(5).astype(np.int32)
+    full, half, none = engine.render([job(5, 1.0), job(5, 0.5), job(5, 0.0)])
+    assert np.array_equal(none, idle)
+    full_change = np.abs(full.astype(np.int32) - idle).sum()
+    half_change = np.abs(half.astype(np.int32) - idle).sum()
+    assert 0.3 * full_change < half_change < 0.7 * full_change
+
+
+def test_features_are_cached_per_weights_in_the_avatar_folder(engine) -> None:
+    cached = engine.avatar.features_path(engine.weights_id).with_suffix(".npz")
+    assert cached.is_file()
+    with np.load(cached) as stored:
+        assert len(stored.files) == 7 and stored["f0"].shape[1:] == (16, 96, 96)
+
+
+def test_the_prediction_matches_the_reference_model_on_the_crop(engine) -> None:
+    """Our cached-feature path against the plain reference forward on the same crop and mel window."""
+    from anchorcast_plugins.wav2lip.audio import FrameMel
+    from anchorcast_plugins.wav2lip.backends import select_frames
+
+    torch.manual_seed(0)
+    reference = Wav2Lip().eval()
+    crop = engine.avatar.crop(0).astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+    masked = crop.copy()
+    masked[:, :, 48:] = 0
+    window = FrameMel(FMT.fps).windows([job(0, 1.0).context], [0])[:, None]
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(window), torch.from_numpy(np.concatenate([masked, crop], 1))).numpy()
+    got = engine.backend.predict(window.astype(np.float32), select_frames(engine._features, [0]))
+    assert np.abs(got - expected).max() < 2e-2  # the cache holds float16 features
+
+
+@pytest.mark.slow
+def test_run_the_wav2lip_profile(home: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "ANCHORCAST_HOME": str(home), "COLUMNS": "160"}
+    result = subprocess.run(
+        [sys.executable, "-m", "anchorcast", "run", "wav2lip", "--text", "Good evening.", "--out", "w.mp4",
+         "--metrics", "m.json", "--set", "engine.weights=test-gen", "--set", "engine.backend=torch",
+         "--set", "scheduler.pace=fast", "--set", "stream.width=640", "--set", "stream.height=360"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    video = decode(tmp_path / "w.mp4")
+    assert len(video.frames) == report["frames"] and report["rendered_frames"] >= report["frames"]
+    assert abs(video.video_seconds - video.audio_seconds) <= 1 / 25
+    assert report["stages"]["engine_frame"]["count"] > 0
+
+
+@pytest.mark.slow
+def test_a_wrong_checkpoint_is_one_clear_message(home: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from anchorcast_plugins.wav2lip.models import Wav2LipDiscriminator
+
+    wrong = tmp_path / "disc.safetensors"
+    save_file({k: v.contiguous() for k, v in Wav2LipDiscriminator().state_dict().items()}, str(wrong))
+    env = {**os.environ, "ANCHORCAST_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "anchorcast", "run", "wav2lip", "--text", "Hi.", "--out", "w.mp4",
+         "--set", f"engine.weights={wrong}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode != 0
+    assert "discriminator" in result.stderr and "Traceback" not in result.stderr
