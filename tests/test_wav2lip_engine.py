@@ -91,16 +91,15 @@ def test_speech_presence_blends_the_paste(engine) -> None:
 
 
 def test_features_are_cached_per_weights_in_the_avatar_folder(engine) -> None:
-    cached = engine.avatar.features_path(engine.weights_id).with_suffix(".npz")
+    cached = engine.avatar.features_path(engine.weights_id)
     assert cached.is_file()
-    with np.load(cached) as stored:
-        assert len(stored.files) == 7 and stored["f0"].shape[1:] == (16, 96, 96)
+    assert len(engine.backend.features) == 7 and engine.backend.features[0].shape[1:] == (16, 96, 96)
+    assert len(engine.backend.features[0]) == engine.avatar.frame_count
 
 
 def test_the_prediction_matches_the_reference_model_on_the_crop(engine) -> None:
     """Our cached-feature path against the plain reference forward on the same crop and mel window."""
     from anchorcast_plugins.wav2lip.audio import FrameMel
-    from anchorcast_plugins.wav2lip.backends import select_frames
 
     torch.manual_seed(0)
     reference = Wav2Lip().eval()
@@ -110,7 +109,7 @@ def test_the_prediction_matches_the_reference_model_on_the_crop(engine) -> None:
     window = FrameMel(FMT.fps).windows([job(0, 1.0).context], [0])[:, None]
     with torch.no_grad():
         expected = reference(torch.from_numpy(window), torch.from_numpy(np.concatenate([masked, crop], 1))).numpy()
-    got = engine.backend.predict(window.astype(np.float32), select_frames(engine._features, [0]))
+    got = engine.backend.predict(window.astype(np.float32), [0])
     assert np.abs(got - expected).max() < 2e-2  # the cache holds float16 features
 
 

@@ -18,7 +18,11 @@ SETTINGS = {
     ),
     "face_box": Setting(list, None, "[x, y, w, h] in the avatar's pixels, instead of face detection"),
     "device": Setting(str, "auto", "auto (mlu, then cuda, then cpu), cpu, cuda, cuda:N, mlu, mlu:N"),
-    "backend": Setting(str, "auto", "auto (the fastest accurate one), torch, int8", choices=("auto", "torch", "int8")),
+    "backend": Setting(
+        str, "auto", "auto: the fastest whose error against fp32 is within tolerance; or one by name",
+        choices=("auto", "torch", "openvino-fp32", "openvino-int8"),
+    ),
+    "inference_streams": Setting(int, 1, "OpenVINO inference streams (2: throughput mode)", minimum=1, maximum=4),
     "max_batch": Setting(int, 4, "largest batch the scheduler may form", minimum=1, maximum=64),
 }
 

@@ -13,7 +13,11 @@ backend answers ``predict(mel (B,1,80,16) float32, features: 7 arrays (B,C,H,W))
 
 OpenVINO models are cached on disk (``cache_dir``) keyed by weights id, avatar id and :data:`BACKEND_VERSION`, so
 later runs load them in about a second. :func:`choose_backend` times the candidates on the calibration set and
-picks the fastest whose error against fp32 is within tolerance.
+picks the fastest whose error against fp32 is within tolerance. OpenVINO backends built with ``streams=2`` run in
+throughput mode: keep two batches in flight with ``submit``.
+
+The engine's entry point is :func:`backend_for_avatar`: features cached in the avatar folder, calibration from the
+avatar's frames and speech, the choice, and ``predict(mel, frame_indices)``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -28,7 +33,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +43,7 @@ import torch
 from torch import nn
 
 from anchorcast.errors import InputError
-
-from .devices import DeviceChoice, select_device, synchronize
+from anchorcast_plugins.wav2lip.devices import DeviceChoice, select_device, synchronize
 
 BACKEND_VERSION = 1
 """Bump when an exported or quantised model would differ: old cache entries are then ignored."""
@@ -194,13 +198,17 @@ class Backend:
 class TorchBackend(Backend):
     """The folded generator in torch: channels_last, ``inference_mode``, float16 on accelerators."""
 
-    def __init__(self, model: nn.Module, device: DeviceChoice | None = None, *, threads: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, device: DeviceChoice | None = None, *, threads: int | None = None
+    ) -> None:
         self.device = device or select_device("cpu")
         self.name = "torch-fp16" if self.device.half else "torch-fp32"
         if self.device.kind == "cpu":
             torch.set_num_threads(threads or cpu_cores())
         folded = fold_batchnorm(model)
-        self.model = folded.to(device=self.device.device, dtype=self.device.dtype, memory_format=torch.channels_last)
+        self.model = folded.to(
+            device=self.device.device, dtype=self.device.dtype, memory_format=torch.channels_last
+        )
 
     @torch.inference_mode()
     def predict(self, mel: np.ndarray, features: Features) -> np.ndarray:
@@ -219,54 +227,48 @@ class TorchBackend(Backend):
 
 
 class OpenVinoBackend(Backend):
-    """A compiled OpenVINO decode model. With ``streams`` > 1 it runs in throughput mode: ``submit`` keeps that
-    many batches in flight and ``predict`` splits a batch across the streams."""
+    """A compiled OpenVINO decode model. With ``streams`` > 1 it runs in throughput mode: ``submit`` keeps up to that
+    many batches in flight (one worker thread and infer request per stream; OpenVINO releases the GIL while it
+    infers) and ``predict`` splits a batch across the streams."""
 
     def __init__(self, compiled: Any, name: str, streams: int) -> None:
-        import openvino as ov
-
         self.name = name
         self.streams = streams
         self._compiled = compiled
         self._request = compiled.create_infer_request()
-        self._queue = ov.AsyncInferQueue(compiled, streams) if streams > 1 else None
         self._lock = threading.Lock()
-        if self._queue is not None:
-            self._queue.set_callback(_finish_request)
+        self._workers = ThreadPoolExecutor(streams, thread_name_prefix="w2l-ov") if streams > 1 else None
+        self._local = threading.local()
 
     def predict(self, mel: np.ndarray, features: Features) -> np.ndarray:
-        if self._queue is not None and len(mel) > 1:
+        if self._workers is not None and len(mel) > 1:
             parts = np.array_split(np.arange(len(mel)), min(self.streams, len(mel)))
             futures = [self.submit(mel[part], select_frames(features, part)) for part in parts]
             return np.concatenate([future.result() for future in futures])
         with self._lock:
-            result = self._request.infer(_inputs(mel, features))
-            return np.array(result[0], dtype=np.float32)
+            return np.array(self._request.infer(_inputs(mel, features))[0], dtype=np.float32)
 
     def submit(self, mel: np.ndarray, features: Features) -> Future[np.ndarray]:
-        if self._queue is None:
+        if self._workers is None:
             return super().submit(mel, features)
-        future: Future[np.ndarray] = Future()
-        self._queue.start_async(_inputs(mel, features), future)
-        return future
+        return self._workers.submit(self._infer_in_worker, _inputs(mel, features))
+
+    def _infer_in_worker(self, inputs: list[np.ndarray]) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return np.array(request.infer(inputs)[0], dtype=np.float32)
 
     def close(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()
-        self._queue = None
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+        self._workers = None
         self._request = None
         self._compiled = None
 
     def describe(self) -> str:
         mode = f"throughput mode, {self.streams} streams" if self.streams > 1 else "latency mode"
         return f"{self.name} (OpenVINO, {mode})"
-
-
-def _finish_request(request: Any, future: Future[np.ndarray]) -> None:
-    try:
-        future.set_result(np.array(request.get_output_tensor(0).data, dtype=np.float32))
-    except Exception as error:
-        future.set_exception(error)
 
 
 def _inputs(mel: np.ndarray, features: Features) -> list[np.ndarray]:
@@ -357,7 +359,6 @@ def build_openvino_backend(
             raise ValueError("openvino-int8 needs a calibration set of (mel, features) pairs")
         details = _build_ir(model, backend, xml, calibration, settings)
         _write_json(xml.with_suffix(".json"), {"weights": weights_id, "avatar": avatar_id, **details})
-    core = ov.Core()
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": threads or cpu_cores(),
         # fp32 semantics everywhere: CPUs with AMX would otherwise silently run the float parts in bfloat16.
@@ -367,7 +368,16 @@ def build_openvino_backend(
         config |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
     else:
         config |= {"PERFORMANCE_HINT": "LATENCY"}
-    compiled = core.compile_model(core.read_model(xml), "CPU", config)
+    try:
+        compiled = ov.Core().compile_model(ov.Core().read_model(xml), "CPU", config)
+    except RuntimeError:
+        if not cached:
+            raise
+        xml.unlink(missing_ok=True)  # a damaged cache entry: build it again
+        return build_openvino_backend(
+            model, backend, cache_dir=cache_dir, weights_id=weights_id, avatar_id=avatar_id,
+            calibration=calibration, streams=streams, threads=threads, settings=settings,
+        )  # fmt: skip
     info = BuildInfo(backend, str(xml), cached, time.perf_counter() - started, key, details)
     return OpenVinoBackend(compiled, backend, streams), info
 
@@ -458,22 +468,35 @@ def quantise_decoder(
 
     settings = settings or QuantisationSettings()
     graph = onnx.load(str(source), load_external_data=False).graph
-    keep = _float_nodes(graph, settings.keep_float)
 
     class Reader(_CalibrationReader, CalibrationDataReader):
         pass
 
-    quantize_static(
-        str(source),
-        str(target),
-        Reader(calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=settings.per_channel,
-        reduce_range=settings.reduce_range,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=keep,
-    )
+    quiet = _DropRecordsFrom("onnxruntime")
+    logging.getLogger().addFilter(quiet)  # its advice to pre-process goes to the root logger as warnings
+    try:
+        quantize_static(
+            str(source),
+            str(target),
+            Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_float_nodes(graph, settings.keep_float),
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropRecordsFrom(logging.Filter):
+    def __init__(self, package: str) -> None:
+        super().__init__()
+        self.package = package
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}{self.package}{os.sep}" not in record.pathname
 
 
 def _float_nodes(graph: Any, keep: Sequence[str]) -> list[str]:
@@ -514,7 +537,7 @@ class Tolerance:
 
     mean_abs: float = 0.01
     max_abs: float = 0.25
-    psnr_db: float = 30.0
+    psnr_db: float = 32.0
 
     def accepts(self, error: PredictionError) -> bool:
         return error.mean_abs <= self.mean_abs and error.max_abs <= self.max_abs and error.psnr_db >= self.psnr_db
@@ -566,23 +589,25 @@ def choose_backend(
     cache_dir: Path | None = None,
     weights_id: str = "unknown",
     avatar_id: str = "unknown",
-    candidates: Sequence[str] = ("torch-fp32", "openvino-int8"),
+    candidates: Sequence[str] = BACKEND_NAMES,
     tolerance: Tolerance | None = None,
     batch_size: int = 2,
     repeats: int = 4,
     streams: int = 1,
+    evaluation: Calibration | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Backend, list[BackendReport]]:
-    """Builds the candidate backends, times each on the calibration set at ``batch_size``, compares its
-    predictions with fp32 and returns the fastest one within ``tolerance`` (fp32 torch is always acceptable).
-    On CUDA/MLU only the torch backend (float16) is used. OpenVINO models are cached in ``cache_dir``."""
+    """Builds the candidate backends (int8 ones calibrated on ``calibration``), times each at ``batch_size``,
+    compares its predictions with fp32 on ``evaluation`` (default: the calibration set; pass other frames and
+    speech for an unbiased figure) and returns the fastest one within ``tolerance``; fp32 torch is always
+    acceptable. On CUDA/MLU only the torch backend (float16) is used. OpenVINO models are cached in ``cache_dir``."""
     device = device or select_device("auto")
     tolerance = tolerance or Tolerance()
-    batches = _rebatch(calibration, batch_size)
-    reference_backend = TorchBackend(model, select_device("cpu")) if device.kind == "cpu" else None
+    evaluation = evaluation or calibration
+    batches = _rebatch(evaluation, batch_size)
     reports: list[BackendReport] = []
     usable: list[tuple[float, Backend, BackendReport]] = []
-    references: list[np.ndarray] | None = None
+    reference: _Reference | None = None
     for name in candidates:
         report = BackendReport(name)
         reports.append(report)
@@ -593,18 +618,20 @@ def choose_backend(
         except (InputError, _Unavailable) as error:
             report.skipped = str(error)
             continue
+        report.name = backend.name
         report.frames_per_s = _throughput(backend, batches, repeats, device)
-        if name == "torch-fp32" and device.kind == "cpu":
-            reference_backend = backend
-        if device.kind != "cpu":
+        if device.kind != "cpu":  # only torch runs on accelerators; no fp32 reference to compare with
             usable.append((report.frames_per_s, backend, report))
             continue
-        if references is None:
-            assert reference_backend is not None
-            references = [reference_backend.predict(mel, features) for mel, features in calibration]
-        predictions = [backend.predict(mel, features) for mel, features in calibration]
-        report.error = prediction_error(np.concatenate(references), np.concatenate(predictions))
-        if name == "torch-fp32" or tolerance.accepts(report.error):
+        if isinstance(backend, TorchBackend):
+            report.error = PredictionError(0.0, 0.0, math.inf)  # it is the fp32 reference
+            usable.append((report.frames_per_s, backend, report))
+            reference = reference or _Reference(backend)
+            continue
+        reference = reference or _Reference(TorchBackend(model, device))
+        predictions = [backend.predict(mel, features) for mel, features in evaluation]
+        report.error = prediction_error(reference.predictions(evaluation), np.concatenate(predictions))
+        if tolerance.accepts(report.error):
             usable.append((report.frames_per_s, backend, report))
         else:
             report.skipped = "error against fp32 over tolerance"
@@ -624,6 +651,19 @@ def choose_backend(
         for report in reports:
             log(str(report))
     return chosen, reports
+
+
+class _Reference:
+    """The fp32 torch predictions on the calibration set, computed once."""
+
+    def __init__(self, backend: TorchBackend) -> None:
+        self.backend = backend
+        self._predictions: np.ndarray | None = None
+
+    def predictions(self, calibration: Calibration) -> np.ndarray:
+        if self._predictions is None:
+            self._predictions = np.concatenate([self.backend.predict(mel, f) for mel, f in calibration])
+        return self._predictions
 
 
 class _Unavailable(Exception):
@@ -669,7 +709,9 @@ def _rebatch(calibration: Calibration, batch_size: int) -> list[tuple[np.ndarray
     ] or [(mels, features)]
 
 
-def _throughput(backend: Backend, batches: Sequence[tuple[np.ndarray, Features]], repeats: int, device: Any) -> float:
+def _throughput(
+    backend: Backend, batches: Sequence[tuple[np.ndarray, Features]], repeats: int, device: Any
+) -> float:
     """Frames per second over ``repeats`` batches after one warm-up batch; with several streams, keeps that many
     batches in flight."""
     backend.predict(*batches[0])
@@ -685,3 +727,134 @@ def _throughput(backend: Backend, batches: Sequence[tuple[np.ndarray, Features]]
             backend.predict(mel, features)
     synchronize(device)
     return sum(len(mel) for mel, _ in order) / (time.perf_counter() - started)
+
+
+# --- the engine's entry point: a backend bound to one avatar -------------------------------------------------
+
+
+def generator_faces(crops: np.ndarray) -> np.ndarray:
+    """The generator's face input for avatar crops (N, 96, 96, 3) uint8 BGR: (N, 6, 96, 96) float32 in [0, 1], the
+    crop with its lower half zeroed, then the crop itself as the reference (the reference's inference input)."""
+    faces = np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+    masked = faces.copy()
+    masked[:, :, faces.shape[2] // 2 :] = 0
+    return np.ascontiguousarray(np.concatenate([masked, faces], axis=1))
+
+
+def load_or_encode_features(
+    model: nn.Module, crops: np.ndarray, path: Path, *, device: str = "cpu", dtype: Any = np.float16
+) -> list[np.ndarray]:
+    """The avatar's per-frame face-encoder features, read (memory-mapped) from ``path`` when it holds them for
+    these crops, otherwise encoded and saved there: one (N, 290816) ``.npy``, returned as seven (N, C, H, W) views."""
+    path = Path(path)
+    width = sum(math.prod(shape) for shape in FEATURE_SHAPES)
+    flat: np.ndarray | None = None
+    if path.is_file():
+        try:
+            flat = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            flat = None
+        if flat is not None and (flat.shape != (len(crops), width) or flat.dtype != np.dtype(dtype)):
+            flat = None
+    if flat is None:
+        features = encode_features(model, generator_faces(crops), dtype=dtype, device=device)
+        flat = np.concatenate([f.reshape(len(crops), -1) for f in features], axis=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".partial")
+        with temporary.open("wb") as handle:
+            np.save(handle, flat)
+        os.replace(temporary, path)
+    views, offset = [], 0
+    for shape in FEATURE_SHAPES:
+        size = math.prod(shape)
+        views.append(flat[:, offset : offset + size].reshape(len(flat), *shape))
+        offset += size
+    return views
+
+
+class AvatarBackend:
+    """A backend bound to one avatar's cached features: ``predict(mel (B,1,80,16), frames)`` with prepared-frame
+    indices -> (B, 3, 96, 96) float32 BGR in [0, 1]. ``reports`` tell what was measured when it was chosen."""
+
+    def __init__(self, backend: Backend, features: Features, reports: list[BackendReport]) -> None:
+        self.backend = backend
+        self.features = features
+        self.reports = reports
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def streams(self) -> int:
+        return self.backend.streams
+
+    def predict(self, mel: np.ndarray, frames: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.backend.predict(mel, select_frames(self.features, frames))
+
+    def submit(self, mel: np.ndarray, frames: Sequence[int] | np.ndarray) -> Future[np.ndarray]:
+        return self.backend.submit(mel, select_frames(self.features, frames))
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+
+def backend_for_avatar(
+    model: nn.Module,
+    device: DeviceChoice,
+    avatar: Any,
+    weights_id: str,
+    *,
+    request: str = "auto",
+    calibration_mels: np.ndarray,
+    cache_dir: Path | None = None,
+    batch_size: int = 2,
+    streams: int = 1,
+    tolerance: Tolerance | None = None,
+    log: Callable[[str], None] | None = None,
+) -> AvatarBackend:
+    """Everything the engine needs at start-up: the avatar's features (cached in ``avatar.features_path``), a
+    calibration set of the avatar's frames and ``calibration_mels`` (speech mel windows (M, 1, 80, 16)), and the
+    backend ``request`` names (``auto``: the fastest within tolerance; or ``torch``, ``openvino-fp32``,
+    ``openvino-int8``, used whatever its error, which is logged), with OpenVINO models cached in ``cache_dir`` (default: the avatar folder's ``backends``).
+    ``avatar`` needs ``crops`` (N, 96, 96, 3) uint8 BGR, ``features_path(weights_id)`` and ``folder``."""
+    features = load_or_encode_features(model, avatar.crops, avatar.features_path(weights_id), device=device.device)
+    if request == "auto":
+        candidates: Sequence[str] = BACKEND_NAMES if device.kind == "cpu" else ("torch-fp32",)
+    elif request in ("torch", *BACKEND_NAMES, "torch-fp16"):
+        candidates = (request,)
+        tolerance = Tolerance(mean_abs=1.0, max_abs=1.0, psnr_db=0.0)  # asked for by name: anything finite
+    else:
+        raise InputError(
+            f"backend {request!r} is not one of auto, torch, {', '.join(BACKEND_NAMES[1:])}",
+            hint='use backend = "auto" to take the fastest one whose error against fp32 is within tolerance',
+        )
+    mels = np.asarray(calibration_mels, dtype=np.float32).reshape(-1, 1, 80, 16)
+    split = max(1, len(mels) * 2 // 3) if len(mels) >= 6 else len(mels)
+    held_out = mels[split:] if split < len(mels) else mels  # judge the error on speech not used to calibrate
+    calibration = make_calibration(mels[:split], features, count=32)
+    evaluation = make_calibration(held_out, features, count=16, batch_size=batch_size, seed=1)
+    avatar_id = str(getattr(avatar, "source_sha256", None) or Path(avatar.folder).name)
+    backend, reports = choose_backend(
+        model,
+        calibration,
+        device=device,
+        cache_dir=Path(cache_dir) if cache_dir is not None else Path(avatar.folder) / "backends",
+        weights_id=weights_id,
+        avatar_id=avatar_id,
+        candidates=candidates,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        streams=streams,
+        evaluation=evaluation,
+        log=log,
+    )
+    if request not in ("auto", "torch", "torch-fp32", "torch-fp16") and backend.name != request:
+        reason = next((r.skipped for r in reports if r.name == request and r.skipped), "it could not be built")
+        raise InputError(
+            f"backend {request} cannot be used: {reason}", hint='use backend = "auto" to fall back to torch'
+        )
+    return AvatarBackend(backend, features, reports)

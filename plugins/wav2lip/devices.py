@@ -76,7 +76,7 @@ class TorchDeviceProbe:
     """The real probe: asks torch, and imports ``torch_mlu`` lazily."""
 
     def __init__(self) -> None:
-        self._mlu_status: str | None | bool = False  # False: not tried yet
+        self._mlu_status: str | bool | None = False  # False: not tried yet
 
     def cuda_count(self) -> int:
         try:
@@ -203,7 +203,12 @@ def describe_devices(probe: DeviceProbe | None = None) -> list[str]:
     cuda = f"cuda: {count} device(s)" + "".join(f"; cuda:{i} {probe.cuda_name(i)}" for i in range(count))
     if count == 0:
         cuda = "cuda: unavailable: no CUDA device"
-    return [mlu, cuda, f"cpu: {probe.cpu_description()}", f"auto -> {select_device('auto', probe=probe).description}"]
+    return [
+        mlu,
+        cuda,
+        f"cpu: {probe.cpu_description()}",
+        f"auto -> {select_device('auto', probe=probe).description}",
+    ]
 
 
 def synchronize(device: str | torch.device | DeviceChoice) -> None:

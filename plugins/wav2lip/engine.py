@@ -30,11 +30,6 @@ from anchorcast_plugins.wav2lip.avatar import Avatar, open_avatar
 log = logging.getLogger(__name__)
 
 _RESAMPLE_MARGIN_S = 0.02  # extra context around a window resampled to 16 kHz, so filter edges stay outside it
-_CANDIDATES = {
-    "auto": ("torch-fp32", "openvino-fp32", "openvino-int8"),
-    "torch": ("torch-fp32",),
-    "int8": ("openvino-int8",),
-}
 
 
 class Layout:
@@ -79,18 +74,16 @@ class Wav2LipEngine:
         self.avatar: Avatar | None = None
         self.layout: Layout | None = None
         self.backend: Any = None
-        self.backend_reports: list[Any] = []
         self.weights_id = ""
         self._fmt: StreamFormat | None = None
         self._mel: FrameMel | None = None
-        self._features: list[npt.NDArray[np.float32]] | None = None
         self._idle_cache: dict[int, Image] = {}
         self.timings: dict[str, float] = {}
 
     # --- set-up --------------------------------------------------------------------------------------------
 
     def open(self, fmt: StreamFormat) -> None:
-        from anchorcast_plugins.wav2lip.backends import choose_backend, make_calibration
+        from anchorcast_plugins.wav2lip.backends import backend_for_avatar
         from anchorcast_plugins.wav2lip.checkpoints import build_model
         from anchorcast_plugins.wav2lip.devices import select_device
         from anchorcast_plugins.wav2lip.weights_store import resolve_weights, weights_id
@@ -120,18 +113,14 @@ class Wav2LipEngine:
         self.layout = Layout((self.avatar.width, self.avatar.height), fmt, self.avatar.frame(0))
         self.timings["avatar_s"] = time.perf_counter() - started - self.timings["weights_s"]
 
-        self._features = self._face_features(model, device.device)
-        self.timings["features_s"] = time.perf_counter() - started - sum(self.timings.values())
-
-        calibration = make_calibration(self._calibration_mels(), self._features, count=32, batch_size=2)
-        self.backend, self.backend_reports = choose_backend(
+        self.backend = backend_for_avatar(
             model,
-            calibration,
-            device=device,
-            cache_dir=self.avatar.folder / "backends",
-            weights_id=self.weights_id,
-            avatar_id=self.avatar.source_sha256[:16],
-            candidates=_CANDIDATES[self.settings.get("backend", "auto")],
+            device,
+            self.avatar,
+            self.weights_id,
+            request=self.settings.get("backend", "auto"),
+            calibration_mels=self._calibration_mels(),
+            streams=int(self.settings.get("inference_streams", 1)),
             log=log.info,
         )
         self.timings["backend_s"] = time.perf_counter() - started - sum(self.timings.values())
@@ -140,30 +129,6 @@ class Wav2LipEngine:
             self.weights_id, self.avatar.folder, self.avatar.frame_count, self.backend.name, device.description,
             time.perf_counter() - started,
         )
-
-    def _face_features(self, model: Any, device: str) -> list[npt.NDArray[Any]]:
-        """The face encoder's features for every avatar frame, cached in the avatar folder per weights."""
-        from anchorcast_plugins.wav2lip.backends import encode_features
-
-        assert self.avatar is not None
-        path = self.avatar.features_path(self.weights_id).with_suffix(".npz")
-        if path.is_file():
-            try:
-                with np.load(path) as stored:
-                    features = [stored[f"f{i}"] for i in range(len(stored.files))]
-                if len(features) == 7 and len(features[0]) == self.avatar.frame_count:
-                    return features
-            except (OSError, ValueError, KeyError):
-                log.warning("cached face features %s are unreadable; computing them again", path)
-        crops = self.avatar.crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0  # (N, 3, 96, 96) BGR
-        masked = crops.copy()
-        masked[:, :, crops.shape[2] // 2 :] = 0.0  # the reference hides the lower half of the target face
-        features = encode_features(model, np.concatenate([masked, crops], axis=1), device=device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial.npz")
-        np.savez(partial, **{f"f{i}": feature for i, feature in enumerate(features)})
-        partial.replace(path)
-        return features
 
     def _calibration_mels(self) -> npt.NDArray[np.float32]:
         """Mel windows of real speech for calibrating a quantised backend: a sentence from the in-process
@@ -188,11 +153,8 @@ class Wav2LipEngine:
         assert self._fmt is not None and self._mel is not None and self.avatar is not None
         contexts = [self._context16k(job) for job in jobs]
         mels = self._mel.windows(contexts, [job.index for job in jobs], LOOKBEHIND_SAMPLES)
-        from anchorcast_plugins.wav2lip.backends import select_frames
-
-        assert self._features is not None
         frames = [self.avatar.index(job.index) for job in jobs]
-        predictions = self.backend.predict(mels[:, None].astype(np.float32), select_frames(self._features, frames))
+        predictions = self.backend.predict(mels[:, None].astype(np.float32), frames)
         return [self._paste(job, prediction) for job, prediction in zip(jobs, predictions, strict=True)]
 
     def _context16k(self, job: FrameJob) -> npt.NDArray[np.float32]:
