@@ -74,22 +74,11 @@ def load_image(path: Path) -> Image:
 
 
 def detect_face(image: Image) -> Box | None:
-    """The largest frontal face OpenCV's bundled Haar cascade finds in an RGB image, or None."""
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    if cascade.empty():
-        raise InputError("OpenCV's Haar face cascade is missing from this OpenCV install",
-                         hint="install opencv-python-headless<5, or give the face box as face_box = [x, y, w, h]")
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    shrink = min(1.0, 1024.0 / max(grey.shape))  # the cascade is slow on large photos and needs no detail
-    if shrink < 1.0:
-        grey = cv2.resize(grey, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-    smallest = max(24, int(0.08 * min(grey.shape)))
-    faces = cascade.detectMultiScale(cv2.equalizeHist(grey), scaleFactor=1.1, minNeighbors=5,
-                                     minSize=(smallest, smallest))
-    if len(faces) == 0:
-        return None
-    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return Box(*(round(v / shrink) for v in (x, y, w, h)))
+    """The largest confident frontal face in an RGB image (OpenCV's bundled Haar cascade), or None."""
+    from anchorcast_plugins.faces import FaceDetector
+
+    found = FaceDetector(missing_hint="give the face box as face_box = [x, y, w, h]").detect(image)
+    return Box(*found) if found is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from anchorcast.errors import InputError
+from anchorcast.storage import anchorcast_home, file_sha256
 
 from .checkpoints import KIND_NAMES, KINDS, CheckpointError, LoadedCheckpoint, load_checkpoint
 
@@ -65,11 +65,7 @@ class StoredWeights:
 
 def weights_dir() -> Path:
     """The weights folder (not created here)."""
-    home = os.environ.get("ANCHORCAST_HOME")
-    if home:
-        return Path(home).expanduser() / "weights"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data).expanduser() / "anchorcast" / "weights"
+    return anchorcast_home() / "weights"
 
 
 def weights_id(weights: LoadedCheckpoint | StoredWeights | Mapping[str, torch.Tensor]) -> str:
@@ -120,7 +116,7 @@ def import_weights(path: str | Path, name: str | None = None, *, overwrite: bool
         "kind": loaded.kind,
         "sha256": sha256,
         "source": source.name,
-        "source_sha256": _file_sha256(source),
+        "source_sha256": file_sha256(source),
         "container": loaded.container,
         "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -275,11 +271,3 @@ def _write_atomically(folder: Path, target: Path, tensors: dict[str, torch.Tenso
             raise InputError(f"could not write {target}: {error.strerror or error}",
                              hint="check the free space and permissions of the weights folder") from None
         raise
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
