@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from anchorcast import __version__
@@ -24,6 +25,10 @@ console = Console(stderr=True)
 out = Console()
 
 EXIT_INTERRUPTED = 130
+OPTIONAL_PARTS_HINT = (
+    "optional parts are extras: pip install 'anchorcast[wav2lip]' (torch) or 'anchorcast[live]' "
+    "(microphone, virtual camera, OBS, vosk); `anchorcast doctor` shows what is present"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except AnchorcastError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         if error.hint:
-            console.print(f"[dim]hint:[/] {error.hint}", highlight=False)
+            console.print(f"[dim]hint:[/] {escape(error.hint)}", highlight=False)
         return error.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -55,7 +60,14 @@ def _main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     if args.command in commands:
-        return int(commands[args.command].run(host, args) or 0)
+        try:
+            return int(commands[args.command].run(host, args) or 0)
+        except ModuleNotFoundError as error:
+            raise AnchorcastError(
+                f"`anchorcast {args.command}` (plugin {commands[args.command].plugin}) needs a package that is not "
+                f"installed: {error}",
+                hint=OPTIONAL_PARTS_HINT,
+            ) from None
     return int(_BUILTIN_COMMANDS[args.command](host, args) or 0)
 
 

@@ -191,5 +191,6 @@ def _missing_packages_explained(stage: Stage, plugin: str) -> Iterator[None]:
         raise AnchorcastError(
             f"[{stage.table}] {stage.kind} {stage.use!r} (plugin {plugin}) needs a package that is not "
             f"installed: {error}",
-            hint="`anchorcast doctor` shows what is present",
+            hint="optional parts are extras: pip install 'anchorcast[wav2lip]' (torch) or 'anchorcast[live]' "
+            "(microphone, virtual camera, OBS, vosk); `anchorcast doctor` shows what is present",
         ) from error

@@ -263,3 +263,35 @@ def test_a_failing_startup_hook_does_not_stop_the_run(host: Host, plugin: Record
     report = host.run(host.load_profile(None, raw=make_profile()))
     assert report["frames"] > 0 and host.event_failures >= 1
     assert ("startup", host) in plugin.calls
+
+
+def test_cli_messages_keep_square_brackets_and_plugin_commands_explain_missing_packages(
+    plugin: RecordingPlugin, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anchorcast import cli
+    from anchorcast.errors import AnchorcastError
+
+    calls = []
+
+    def run(host, args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise AnchorcastError("[engine] weights missing", hint="see [docs]")
+        import vendor_sdk_that_is_not_installed  # noqa: F401
+
+    original = Host.create
+
+    def create(cls, *a, **k):
+        host = original(*a, extra_plugins=(plugin,), **k)
+        command = host.plugins.commands["test-hello"]
+        host.plugins.commands["test-hello"] = type(command)(command.name, command.configure, run, "", command.plugin)
+        return host
+
+    monkeypatch.setattr(Host, "create", classmethod(create))
+    assert cli.main(["test-hello"]) == 1
+    err = capsys.readouterr().err
+    assert "`anchorcast test-hello`" in err and "vendor_sdk_that_is_not_installed" in err
+    assert "anchorcast[wav2lip]" in err and "Traceback" not in err
+    assert cli.main(["test-hello"]) == 1
+    err = capsys.readouterr().err
+    assert "[engine] weights missing" in err and "see [docs]" in err  # printed as written, not as markup
