@@ -28,15 +28,15 @@ class Setting:
     """One key a component accepts in its profile table.
 
     ``type`` is the Python type (or tuple of types) the TOML value must have (``float`` also accepts ``int``).
-    ``kind="file"``/``"dir"`` means a path that must exist; relative paths are resolved against the profile's
-    folder. ``choices`` restricts the value; ``required`` settings have no default.
+    ``kind="file"``/``"dir"``/``"path"`` (either) means a path that must exist; relative paths are resolved
+    against the profile's folder. ``choices`` restricts the value; ``required`` settings have no default.
     """
 
     type: type | tuple[type, ...]
     default: Any = _REQUIRED
     help: str = ""
     choices: tuple[Any, ...] | None = None
-    kind: Literal["value", "file", "dir"] = "value"
+    kind: Literal["value", "file", "dir", "path"] = "value"
     minimum: float | None = None
     maximum: float | None = None
     secret_env: str | None = None

@@ -257,11 +257,11 @@ def validate_table(
             if setting.maximum is not None and value > setting.maximum:
                 problems.add(dotted, f"must be at most {setting.maximum}, got {value}")
                 continue
-        if setting.kind in ("file", "dir") and isinstance(value, str):
+        if setting.kind in ("file", "dir", "path") and isinstance(value, str):
             path = resolve_path(value, Path.cwd() if dotted in cli_keys else base)
-            exists = path.is_file() if setting.kind == "file" else path.is_dir()
+            exists = {"file": path.is_file, "dir": path.is_dir, "path": path.exists}[setting.kind]()
             if not exists:
-                what = "file" if setting.kind == "file" else "folder"
+                what = {"file": "file", "dir": "folder", "path": "file or folder"}[setting.kind]
                 problems.add(dotted, f"no such {what}: {path}")
                 continue
             value = path

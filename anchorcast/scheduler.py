@@ -263,11 +263,17 @@ class Scheduler:
             if self._stop.is_set():
                 return
             self._wait_for_room()
+            generation = self._generation  # an interrupt from here on discards this item's speech
+            if generation and not self.source.live:
+                break  # an interrupt drops everything a script or a file had still to say
             if isinstance(item, AudioChunk):
-                self._lead_in()
-                self.timeline.append_audio(self._resample.chunk(item.samples, item.sample_rate))
+                samples = self._resample.chunk(item.samples, item.sample_rate)
+                with self._feed_lock:
+                    if generation != self._generation and not self.source.live:
+                        break
+                    self._lead_in()
+                    self.timeline.append_audio(samples)
                 continue
-            generation = self._generation
             for number, speech in enumerate(self._speak(item)):
                 if self._stop.is_set():
                     return
@@ -285,11 +291,12 @@ class Scheduler:
                         self.timeline.append_silence(pause)
                     self.timeline.append_speech(speech, events)
                     spoken_before = True
-        self._lead_in()
-        if len(tail := self._resample.flush()):
-            self.timeline.append_audio(tail)
-        self.timeline.append_silence(self.clock.seconds_to_samples(config.tail_ms / 1000))
-        self.timeline.finish()
+        with self._feed_lock:  # an interrupt in between would cut the tail and not add it back
+            self._lead_in()
+            if len(tail := self._resample.flush()) and not (self._generation and not self.source.live):
+                self.timeline.append_audio(tail)
+            self.timeline.append_silence(self.clock.seconds_to_samples(config.tail_ms / 1000))
+            self.timeline.finish()
 
     def _lead_in(self) -> None:
         """The silence before the first words, appended with the first audio: the live clock starts when real
@@ -354,7 +361,10 @@ class Scheduler:
                     self._frames_cond.wait(_POLL_S)
                     continue
             if self.timeline.finished and index >= self._frame_count():
-                return
+                # all drawn, but stay: an interrupt can still add frames (its tail) before the playout ends
+                with self._frames_cond:
+                    self._frames_cond.wait(_POLL_S)
+                continue
             if not self.timeline.wait_for(self.clock.frame_end(index) + lookahead, _POLL_S):
                 continue
             available = self._frames_with_audio(index, cap, lookahead)
@@ -495,6 +505,8 @@ class Scheduler:
                     return None
                 self._frames_cond.wait(_POLL_S)
             self._next_to_take = index + 1
+            for stale in [k for k in self._frames if k < index]:
+                del self._frames[stale]
             return self._frames.pop(index)
 
     def _take_live(self, index: int) -> Image | None:

@@ -445,7 +445,7 @@ _STOP = object()
 
 
 class ObsControl:
-    """The ``obs`` output (see the module docstring). ``figures()`` reports connection and latency counters."""
+    """The ``obs`` output (see the module docstring). ``metrics()`` reports connection and latency counters."""
 
     live = False
 
@@ -513,7 +513,7 @@ class ObsControl:
     def connected(self) -> bool:
         return self._session is not None
 
-    def figures(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         """Counters and timings: connects, connection losses, failed attempts, request errors, event-to-OBS
         latency in ms (queued to acknowledged by OBS) and the seconds each reconnect took after a loss."""
         latencies = sorted(self._latencies_ms)

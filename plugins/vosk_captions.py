@@ -441,9 +441,14 @@ class VoskCaptions:
             return
         try:
             self._queue.put(_FINISH, timeout=30)
-            self._queue.join()
         except queue.Full:
             log.warning("vosk output: the recognition thread is stuck; the last phrase is lost")
+            return
+        deadline = time.monotonic() + 30
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._queue.unfinished_tasks:
+            log.warning("vosk output: recognition did not finish within 30 s; the last phrase is lost")
 
     def close(self) -> None:
         thread, self._thread = self._thread, None

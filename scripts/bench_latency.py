@@ -168,6 +168,9 @@ def main() -> int:
 
         player = pulse.player(latency_ms=20)
         while probe.idle is None:
+            if not runner.is_alive():
+                console.print(f"[red]the host stopped before its first frame[/] {host.last_report}")
+                return 1
             time.sleep(0.05)
         time.sleep(1.0)
         burst, gap = speech_like(BURST_S), np.zeros(int(GAP_S * RATE), np.float32)
@@ -178,14 +181,16 @@ def main() -> int:
         console.print(f"playing bursts for {args.seconds:.0f} s ...")
         while time.monotonic() - started < args.seconds:
             number += 1
-            onset = player.write(np.concatenate([burst, gap]))
+            onset = player.write(burst)  # the burst alone fits the pipe: the write returns at once
             interrupted_at = None
             if args.interrupt_every and number % args.interrupt_every == 0:
-                time.sleep(0.35)
+                time.sleep(max(0.0, onset + 0.35 - time.monotonic()))
                 interrupted_at = time.monotonic()
                 aired_before = probe.frames[-1][1] if probe.frames else 0
                 host.interrupt("bench")
-            time.sleep(BURST_S + GAP_S - (time.monotonic() - onset))
+            time.sleep(max(0.0, onset + BURST_S - time.monotonic()))
+            player.write(gap)
+            time.sleep(max(0.0, onset + BURST_S + GAP_S - time.monotonic()))
             if interrupted_at is not None:
                 idle = probe.first_after(interrupted_at, moving=False)
                 if idle is not None:

@@ -325,7 +325,7 @@ class Scenario:
         result["optional_open_ms"] = ms(time.monotonic() - started)
         timed_event(waiting, Caption(0.0, "waiting for OBS"), self.event_call_ms)
         time.sleep(1.0)
-        result["figures_while_down"] = waiting.figures()
+        result["figures_while_down"] = waiting.metrics()
         try:
             result["obs_start_to_port_s"] = round(self.obs.start(), 2)
             port_open = time.monotonic()
@@ -336,7 +336,7 @@ class Scenario:
                 )
                 result["port_to_state_shown_ms"] = ms(shown)
                 result["connected_after_port_ms"] = ms(time.monotonic() - port_open) if shown is not None else None
-                result["figures"] = waiting.figures()
+                result["figures"] = waiting.metrics()
                 waiting.close()
                 result["caption_after_close"] = observer.text(CAPTIONS)
             finally:
@@ -414,7 +414,7 @@ class Scenario:
             ended = timed_event(out, SpeechEnded(27.0, "held line"), calls)
             cleared = wait_until(lambda: observer.text(CAPTIONS) == "", 10)
             result["cleared_after_speech_end_s"] = None if cleared is None else round(time.monotonic() - ended, 2)
-            result["figures"] = out.figures()
+            result["figures"] = out.metrics()
         finally:
             observer.close()
 
@@ -487,7 +487,7 @@ class Scenario:
         result["output_obs_write_ms"] = report["stages"].get("output:obs")
         outputs = dict(times.outputs)
         if "obs" in outputs:
-            result["figures"] = outputs["obs"].figures()
+            result["figures"] = outputs["obs"].metrics()
 
         def latency(kind: str, check: Callable[[str, str | None], bool], nth: int = 0) -> float | None:
             aired = [at for at, event in times.events if event.kind == kind]
@@ -541,7 +541,7 @@ class Scenario:
                 result["scene_items"] = observer.scene_items(SCENE)
                 media = observer.req("GetInputSettings", {"inputName": MEDIA})["inputSettings"]
                 result["media_input"] = media.get("input")
-                result["figures"] = out.figures()
+                result["figures"] = out.metrics()
             finally:
                 observer.close()
         finally:
@@ -592,7 +592,7 @@ class Scenario:
             )
             time.sleep(5.0)  # several backoff periods: a retrying output would connect again
             result["connections"] = self.obs.websocket_connections() - before
-            result["figures"] = out.figures()
+            result["figures"] = out.metrics()
         finally:
             out.close()
 

@@ -134,7 +134,7 @@ def test_obs_not_running_is_an_error_only_when_required() -> None:
             optional.event(Caption(float(number), f"line {number}"))
         assert time.monotonic() - began < 0.5  # queued, never waiting on the network
         time.sleep(1.2)
-        figures = optional.figures()
+        figures = optional.metrics()
         assert figures["failed_attempts"] >= 2 and not figures["connected"]
     finally:
         began = time.monotonic()

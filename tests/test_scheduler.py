@@ -267,3 +267,42 @@ def test_a_failing_side_output_is_dropped_and_the_stream_goes_on() -> None:
     alone = Scheduler(FMT, SchedulerConfig(), ListSource(SEGMENTS), ToneVoice(), engine, [("only", Failing())])
     with pytest.raises(OSError, match="connection reset"):
         alone.run()
+
+
+def test_an_interrupt_after_everything_is_drawn_does_not_hang_an_offline_run() -> None:
+    class SlowOutput(CollectOutput):
+        def write(self, frame, audio):
+            time.sleep(0.03)  # slower than the engine: the renderer finishes first
+            super().write(frame, audio)
+
+    engine, output = LevelEngine(), SlowOutput()
+    scheduler = Scheduler(FMT, SchedulerConfig(lead_in_ms=100, tail_ms=300), ListSource(SEGMENTS[:1]),
+                          ToneVoice(), engine, [("out", output)])
+    engine.open(FMT)
+    frames_total = MediaClock(FMT.fps, FMT.sample_rate).frames_covering(
+        len(expected_audio(SEGMENTS[:1], SchedulerConfig(lead_in_ms=100, tail_ms=300))))
+
+    def interrupt_near_the_end() -> None:
+        while len(output.indices) < frames_total - 20:
+            time.sleep(0.01)
+        scheduler.interrupt("late")
+
+    threading.Thread(target=interrupt_near_the_end, daemon=True).start()
+    finished = threading.Event()
+    threading.Thread(target=lambda: (scheduler.run(), finished.set()), daemon=True).start()
+    assert finished.wait(30), "the run hung after the interrupt"
+    assert output.indices == list(range(len(output.indices)))
+
+
+def test_an_interrupt_drops_the_rest_of_a_script_however_far_the_voice_has_read() -> None:
+    config = SchedulerConfig(live=True, latency_budget_ms=100, lead_in_ms=0, tail_ms=100, audio_ahead_s=1.0)
+    paragraphs = [TextSegment(f"paragraph number {i} of a long script", i) for i in range(6)]
+    output, engine, events = CollectOutput(live=True), LevelEngine(), []
+    scheduler = Scheduler(FMT, config, ListSource(paragraphs), ToneVoice(), engine, [("out", output)],
+                          emit=events.append)
+    engine.open(FMT)
+    threading.Timer(1.0, scheduler.interrupt).start()
+    scheduler.run()
+    cut = next(e for e in events if e.kind == "interrupt").pts
+    assert not [e for e in events if e.kind == "speech_started" and e.pts >= cut]
+    assert len(output.indices) <= round(cut * 25) + 5  # the tail, then the end

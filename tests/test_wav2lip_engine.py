@@ -146,3 +146,16 @@ def test_a_wrong_checkpoint_is_one_clear_message(home: Path, tmp_path: Path) -> 
     )
     assert result.returncode != 0
     assert "discriminator" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_prepared_avatar_folder_is_a_valid_profile_setting(home: Path, engine, tmp_path: Path) -> None:
+    from anchorcast.host import Host
+    from anchorcast.plugin_manager import PluginPolicy
+    from anchorcast.profile import bundled_profiles
+
+    host = Host.create(PluginPolicy())
+    folder = str(engine.avatar.folder)
+    profile = host.load_profile(bundled_profiles()["wav2lip"], overrides=[("engine.avatar", folder)])
+    assert profile.engine.settings["avatar"] == Path(folder)
+    with pytest.raises(Exception, match="no such file or folder"):
+        host.load_profile(bundled_profiles()["wav2lip"], overrides=[("engine.avatar", str(tmp_path / "nope"))])

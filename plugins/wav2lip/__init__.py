@@ -14,7 +14,7 @@ from anchorcast.components import Setting
 SETTINGS = {
     "weights": Setting(str, help="generator weights: a name from `anchorcast weights list`, or a checkpoint path"),
     "avatar": Setting(
-        str, None, "a portrait, a video or an avatar folder (default: the bundled portrait)", kind="file"
+        str, None, "a portrait, a video or an avatar folder (default: the bundled portrait)", kind="path"
     ),
     "face_box": Setting(list, None, "[x, y, w, h] in the avatar's pixels, instead of face detection"),
     "device": Setting(str, "auto", "auto (mlu, then cuda, then cpu), cpu, cuda, cuda:N, mlu, mlu:N"),
