@@ -42,6 +42,7 @@ def _create_engine(host: Any, settings: dict[str, Any]) -> Any:
 def anchorcast_register_commands(host: Any, register: Any) -> None:
     register("weights", _configure_weights, _run_weights, summary="import and list Wav2Lip weights")
     register("avatar", _configure_avatar, _run_avatar, summary="prepare an avatar folder from a portrait or video")
+    register("train", _configure_train, _run_train, summary="prepare data and train a personal anchor")
 
 
 def _configure_weights(parser: Any) -> None:
@@ -66,3 +67,15 @@ def _run_avatar(host: Any, args: Any) -> int:
     from anchorcast_plugins.wav2lip.avatar import run_avatar
 
     return run_avatar(host, args)
+
+
+def _configure_train(parser: Any) -> None:
+    from anchorcast_plugins.training.cli_args import configure_train
+
+    configure_train(parser)
+
+
+def _run_train(host: Any, args: Any) -> int:
+    from anchorcast_plugins.training.cli_args import run_train
+
+    return run_train(host, args)
