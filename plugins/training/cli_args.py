@@ -37,8 +37,65 @@ def configure_synth(parser: argparse.ArgumentParser) -> None:
                         help="1: the astronaut; 2: also a mirrored, recoloured portrait with another voice")
 
 
+class SyncNetDefaults:
+    """Defaults of ``anchorcast train syncnet`` (kept here, free of torch, so listing commands stays fast;
+    :class:`~.syncnet.SyncNetConfig` has the same)."""
+
+    steps = 200
+    batch = 16
+    lr = 1e-4
+    stages = 1
+    shift_min = 5
+    margin_step = 0.05
+    margin_every = 10
+    margin_threshold = 0.4
+    filter_threshold = 0.5
+    min_keep = 0.5
+    eval_every = 50
+    eval_pairs = 64
+    heldout = 0.2
+    save_every = 50
+    seed = 0
+    device = "auto"
+
+
+def configure_syncnet(parser: argparse.ArgumentParser) -> None:
+    defaults = SyncNetDefaults
+    parser.add_argument("--data", type=Path, required=True, metavar="DATASET", help="data set folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder to write")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"steps per stage ({defaults.steps})")
+    parser.add_argument("--batch", type=int, default=defaults.batch,
+                        help=f"samples per step, half in sync ({defaults.batch})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"Adam learning rate ({defaults.lr})")
+    parser.add_argument("--stages", type=int, default=defaults.stages, choices=(1, 3),
+                        help="1: plain training; 3: all data, filter + growing margin, filtered data")
+    parser.add_argument("--shift-min", type=int, default=defaults.shift_min,
+                        help=f"off-sync audio is at least this many frames away ({defaults.shift_min})")
+    parser.add_argument("--margin-step", type=float, default=defaults.margin_step,
+                        help=f"stage 2: margin increase ({defaults.margin_step})")
+    parser.add_argument("--margin-every", type=int, default=defaults.margin_every,
+                        help=f"stage 2: steps between margin increases ({defaults.margin_every})")
+    parser.add_argument("--margin-threshold", type=float, default=defaults.margin_threshold,
+                        help=f"stage 2: the margin grows until it passes this ({defaults.margin_threshold})")
+    parser.add_argument("--filter-threshold", type=float, default=defaults.filter_threshold,
+                        help=f"keep windows the stage-1 expert scores at least this ({defaults.filter_threshold})")
+    parser.add_argument("--min-keep", type=float, default=defaults.min_keep,
+                        help=f"keep at least this fraction of windows ({defaults.min_keep})")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                        help=f"evaluate on held-out pairs every N steps ({defaults.eval_every})")
+    parser.add_argument("--eval-pairs", type=int, default=defaults.eval_pairs,
+                        help=f"held-out pairs to evaluate on ({defaults.eval_pairs})")
+    parser.add_argument("--heldout", type=float, default=defaults.heldout,
+                        help=f"fraction of clips held out ({defaults.heldout})")
+    parser.add_argument("--save-every", type=int, default=defaults.save_every,
+                        help=f"checkpoint every N steps ({defaults.save_every})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed ({defaults.seed})")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda[:N] or mlu[:N] (auto)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    """``anchorcast train ACTION``: ``prepare`` and ``synth`` so far (the training stages add theirs)."""
+    """``anchorcast train ACTION``: ``prepare``, ``synth`` and ``syncnet`` so far (the training stages add theirs)."""
     actions = parser.add_subparsers(dest="train_action", metavar="ACTION", required=True)
     configure_prepare(actions.add_parser(
         "prepare", help="talking-face videos -> a training data set",
@@ -48,6 +105,12 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "synth", help="a synthetic talking-face data set with known ground truth (no downloads)",
         description="Render the bundled portrait reading sentences with the eSpeak NG voice (the viseme engine, "
                     "mouth driven by phoneme timings) and store it as a training data set."))
+    configure_syncnet(actions.add_parser(
+        "syncnet", help="train the SyncNet lip-sync expert (optionally the three-stage curriculum)",
+        description="Train the lip-sync expert with BCE on the cosine similarity of its audio and face "
+                    "embeddings. --stages 3: train on all data; keep the windows it judges in sync; train with "
+                    "a growing margin between in-sync and off-sync similarity; train on the kept windows. "
+                    "Writes metrics.json, syncnet.safetensors and a resumable training state to --out."))
 
 
 def run_train(host: object, args: argparse.Namespace) -> int:
@@ -60,6 +123,10 @@ def run_train(host: object, args: argparse.Namespace) -> int:
         from anchorcast_plugins.training.synth import run_synth
 
         return run_synth(host, args)
+    if args.train_action == "syncnet":
+        from anchorcast_plugins.training.syncnet import run_syncnet
+
+        return run_syncnet(host, args)
     from anchorcast.errors import InputError
 
-    raise InputError(f"unknown train action {args.train_action!r}", hint="use `prepare` or `synth`")
+    raise InputError(f"unknown train action {args.train_action!r}", hint="use `prepare`, `synth` or `syncnet`")

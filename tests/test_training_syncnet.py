@@ -1,0 +1,134 @@
+"""`anchorcast train syncnet`: the expert's loss, the three-stage curriculum, metrics, checkpoints, resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anchorcast.errors import InputError
+from anchorcast_plugins.training.cli_args import configure_train, run_train
+from anchorcast_plugins.training.common import STATE_FILE, TrainingInterrupted
+from anchorcast_plugins.training.dataset import Dataset
+from anchorcast_plugins.training.syncnet import (
+    PairSampler,
+    SyncNetConfig,
+    SyncNetTrainer,
+    best_threshold,
+    train_syncnet,
+)
+from anchorcast_plugins.training.synth import make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "set", clips=3, seconds=1.0, seed=3,
+                                  speakers=1)
+
+
+def config(data: Dataset, out: Path, **changes: object) -> SyncNetConfig:
+    base = SyncNetConfig(data=str(data.folder), out=str(out), steps=2, batch=2, eval_every=100, eval_pairs=3,
+                         save_every=100, device="cpu", heldout=0.34)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_pairs_are_matched_and_shifted(tiny: Dataset) -> None:
+    sampler = PairSampler(tiny, shift_min=5)
+    batch = sampler.sample(np.random.default_rng(0), 16)
+    for k, (index, t) in enumerate(batch.windows):
+        clip = sampler.clips[int(index)]
+        starts = [s for s in range(clip.sync_starts)
+                  if np.array_equal(clip.mel[:, s * 80 // 25 : s * 80 // 25 + 16], batch.off_sync[k, 0])]
+        assert starts and min(abs(s - int(t)) for s in starts) >= 5
+        assert np.array_equal(batch.in_sync[k, 0], clip.mel[:, t * 80 // 25 : t * 80 // 25 + 16])
+
+
+def test_best_threshold_separates_when_it_can() -> None:
+    positives = np.array([0.6, 0.7, 0.9], np.float32)
+    negatives = np.array([0.1, 0.5, 0.55], np.float32)
+    threshold = best_threshold(positives, negatives)
+    assert 0.55 <= threshold < 0.6
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_fixed_batch(tiny: Dataset) -> None:
+    trainer = SyncNetTrainer("cpu", lr=1e-4, seed=0)
+    batch = PairSampler(tiny).sample(np.random.default_rng(0), 2)
+    losses = [trainer.step(batch)["loss"] for _ in range(8)]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+
+
+@pytest.mark.slow
+def test_three_stages_end_to_end_then_import_and_resume(tiny: Dataset, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANCHORCAST_HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    metrics = train_syncnet(config(tiny, out, stages=3))
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["finished"] and written["completed_steps"] == 6
+    assert [s["name"] for s in written["stages"]] == ["all", "margin", "filtered"]
+    assert [s["stage"] for s in written["steps"]] == [1, 1, 2, 2, 3, 3]
+    assert all(np.isfinite(s["loss"]) and s["seconds"] > 0 for s in written["steps"])
+    margins = [s["margin"] for s in written["steps"] if s["stage"] == 2]
+    assert margins == [pytest.approx(0.05), pytest.approx(0.05)]  # grows every 10 steps
+    assert all("margin_loss" in s for s in written["steps"] if s["stage"] == 2)
+    filtered = written["filter"]
+    assert 0 < filtered["kept"] <= filtered["windows"] and written["stages"][2]["windows"] == filtered["kept"]
+    for key in ("eval_loss", "accuracy", "pair_accuracy", "threshold"):
+        assert written["final"][key] >= 0 and np.isfinite(written["final"][key])
+    assert written["final"] == metrics["final"] and written["seconds_per_step"] > 0
+
+    from anchorcast_plugins.wav2lip.weights_store import import_weights
+
+    stored = import_weights(out / "syncnet.safetensors", "expert", expected_kind="syncnet")
+    assert stored.kind == "syncnet" and stored.global_step == 6
+    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["step"] == 6 and state["optimizer"]["state"]
+
+    # --resume with more steps per stage: stage 1 is extended from its saved step, not restarted
+    longer = train_syncnet(config(tiny, out, stages=1, steps=8, resume=True))
+    assert [s["step"] for s in longer["steps"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 8
+    with pytest.raises(InputError, match="already holds"):
+        train_syncnet(config(tiny, out))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_loadable_checkpoint_and_resume_continues(tiny: Dataset, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+
+    def interrupt(step: int, values: object) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_syncnet(config(tiny, out, steps=4), after_step=interrupt)
+    assert stopped.value.step == 2
+    assert json.loads((out / "metrics.json").read_text())["interrupted_at_step"] == 2
+    from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
+
+    loaded = load_checkpoint(out / "syncnet.safetensors", "syncnet")
+    assert loaded.global_step == 2
+    resumed = train_syncnet(config(tiny, out, steps=4, resume=True))
+    assert [s["step"] for s in resumed["steps"]] == [1, 2, 3, 4] and "interrupted_at_step" not in resumed
+    # the resumed weights continue from the interrupted ones
+    assert load_checkpoint(out / "syncnet.safetensors", "syncnet").global_step == 4
+
+
+def test_cli_parses_and_refuses_bad_options(tiny: Dataset, tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    configure_train(parser)
+    args = parser.parse_args(["syncnet", "--data", str(tiny.folder), "--out", str(tmp_path / "r"), "--batch", "3"])
+    with pytest.raises(InputError, match="--batch"):
+        run_train(None, args)
+    args = parser.parse_args(["syncnet", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    with pytest.raises(InputError, match="does not exist"):
+        run_train(None, args)
+    single = make_synthetic_dataset(tmp_path / "one", clips=1, seconds=0.8, seed=0, speakers=1)
+    with pytest.raises(InputError, match="at least two"):
+        train_syncnet(config(single, tmp_path / "r1"))
