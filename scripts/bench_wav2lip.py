@@ -44,8 +44,8 @@ from torch import nn
 from anchorcast_plugins.wav2lip import backends as wb
 from anchorcast_plugins.wav2lip.models import Wav2Lip
 
-ASTRONAUT = Path(__file__).resolve().parent.parent / "plugins" / "assets" / "astronaut.png"
-FACE_BOX = (50, 185, 165, 290)  # top, bottom, left, right of the face in the 512x512 photo
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.wav2lip_inputs import avatar_faces
 
 
 def gemm_fp32(n: int = 4096) -> float:
@@ -102,26 +102,6 @@ def count_flops(model: nn.Module, run: Callable[[], Any]) -> float:
         for hook in hooks:
             hook.remove()
     return total
-
-
-def astronaut_faces(count: int, seed: int = 0) -> np.ndarray:
-    """(count, 6, 96, 96) face inputs cut from the bundled photo (box jittered as in a video avatar)."""
-    import cv2
-
-    image = cv2.imread(str(ASTRONAUT))
-    rng = np.random.default_rng(seed)
-    faces = []
-    for _ in range(count):
-        dy, dx = (int(v) for v in rng.integers(-6, 7, size=2))
-        top, bottom, left, right = FACE_BOX
-        crop = cv2.resize(
-            image[top + dy : bottom + dy, left + dx : right + dx], (96, 96), interpolation=cv2.INTER_AREA
-        )
-        face = crop.astype(np.float32).transpose(2, 0, 1) / 255.0
-        masked = face.copy()
-        masked[:, 48:] = 0
-        faces.append(np.concatenate([masked, face]))
-    return np.stack(faces)
 
 
 def measure(
@@ -209,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Wav2Lip().eval()
     biggest = max(batches)
     rng = np.random.default_rng(0)
-    faces_np = astronaut_faces(biggest)
+    faces_np = avatar_faces(biggest)
     mel_np = np.clip(rng.normal(-1.5, 1.5, size=(biggest, 1, 80, 16)), -4, 4).astype(np.float32)
     features = wb.encode_features(model, faces_np, dtype=np.float16)
     faces, mel = torch.from_numpy(faces_np), torch.from_numpy(mel_np)

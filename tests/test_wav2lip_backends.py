@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,9 +18,7 @@ from torch import nn
 from anchorcast.errors import InputError
 from anchorcast_plugins.wav2lip import backends as wb
 from anchorcast_plugins.wav2lip.models import ConvBlock, TransposeBlock, Wav2Lip
-
-ASTRONAUT = Path(__file__).resolve().parent.parent / "plugins" / "assets" / "astronaut.png"
-FACE_BOX = (50, 185, 165, 290)  # top, bottom, left, right of the face in the 512x512 photo
+from tests.wav2lip_inputs import avatar_faces as shared_avatar_faces
 
 needs_openvino = pytest.mark.skipif(wb.openvino_available() is not None, reason="openvino is not installed")
 
@@ -30,22 +27,8 @@ needs_openvino = pytest.mark.skipif(wb.openvino_available() is not None, reason=
 
 
 def avatar_faces(count: int, seed: int = 0) -> np.ndarray:
-    """(count, 6, 96, 96) generator inputs from the astronaut photo: lower-half-masked target + reference, BGR in
-    [0, 1]; the box moves a few pixels and the brightness varies per frame, as in a video avatar."""
-    image = cv2.imread(str(ASTRONAUT))
-    rng = np.random.default_rng(seed)
-    faces = []
-    for _ in range(count):
-        dy, dx = (int(v) for v in rng.integers(-6, 7, size=2))
-        top, bottom, left, right = FACE_BOX
-        crop = cv2.resize(
-            image[top + dy : bottom + dy, left + dx : right + dx], (96, 96), interpolation=cv2.INTER_AREA
-        )
-        face = np.clip(crop.astype(np.float32) / 255.0 * rng.uniform(0.85, 1.15), 0, 1).transpose(2, 0, 1)
-        masked = face.copy()
-        masked[:, 48:] = 0
-        faces.append(np.concatenate([masked, face]))
-    return np.stack(faces).astype(np.float32)
+    """Astronaut face inputs whose brightness also varies per frame (see tests/wav2lip_inputs.py)."""
+    return shared_avatar_faces(count, seed, brightness_jitter=0.15)
 
 
 def speech_like_audio(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
