@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -57,3 +58,35 @@ def decode(path: Path, keep_frames: bool = True, scale: int = 1) -> Decoded:
     if declared is not None:  # AAC decodes whole 1024-sample frames: the container says where the audio ends
         audio = audio[: round(float(declared) * rate)]
     return Decoded(frames, fps, audio, rate)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int, audio: np.ndarray | None,
+                 audio_rate: int = 22050) -> None:
+    """An H.264 video of RGB ``frames`` at ``fps`` with 16 kHz ``audio`` stored as PCM at ``audio_rate``."""
+    import soxr
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height = frames[0].shape[1], frames[0].shape[0]
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "18", "preset": "ultrafast"}
+        sound = None
+        if audio is not None:
+            sound = container.add_stream("pcm_s16le", rate=audio_rate, layout="mono")
+        for image in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        if sound is not None and audio is not None:
+            resampled = soxr.resample(audio, 16000, audio_rate)
+            pcm = (np.clip(resampled, -1, 1) * 32767).astype(np.int16)
+            for start in range(0, len(pcm), 1024):
+                frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 1024], format="s16", layout="mono")
+                frame.sample_rate = audio_rate
+                frame.pts = start
+                frame.time_base = Fraction(1, audio_rate)
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -22,6 +20,7 @@ from anchorcast_plugins.training.dataset import (
 )
 from anchorcast_plugins.training.prepare import prepare_dataset
 from anchorcast_plugins.training.synth import SPEAKERS, SyntheticTalker, make_synthetic_dataset
+from tests.mp4 import write_video
 
 
 @pytest.fixture(scope="module")
@@ -140,38 +139,6 @@ def test_writer_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
         DatasetWriter(tmp_path)
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: int, audio: np.ndarray | None,
-                 audio_rate: int = 22050) -> None:
-    """An H.264 video of RGB ``frames`` at ``fps`` with 16 kHz ``audio`` stored as PCM at ``audio_rate``."""
-    import soxr
-
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height = frames[0].shape[1], frames[0].shape[0]
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": "18", "preset": "ultrafast"}
-        sound = None
-        if audio is not None:
-            sound = container.add_stream("pcm_s16le", rate=audio_rate, layout="mono")
-        for image in frames:
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        if sound is not None and audio is not None:
-            resampled = soxr.resample(audio, 16000, audio_rate)
-            pcm = (np.clip(resampled, -1, 1) * 32767).astype(np.int16)
-            for start in range(0, len(pcm), 1024):
-                frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 1024], format="s16", layout="mono")
-                frame.sample_rate = audio_rate
-                frame.pts = start
-                frame.time_base = Fraction(1, audio_rate)
-                for packet in sound.encode(frame):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
-
-
 def test_prepare_keeps_talking_faces_and_reports_drops(tmp_path: Path) -> None:
     talker = SyntheticTalker(SPEAKERS[0], size=320)
     clip = talker.speak(["Good evening, and welcome to the late news.",
@@ -179,11 +146,11 @@ def test_prepare_keeps_talking_faces_and_reports_drops(tmp_path: Path) -> None:
     anna = tmp_path / "videos" / "anna"
     anna.mkdir(parents=True)
     doubled = [f for f in clip.frames for _ in range(2)]  # 50 fps: prepare must resample to 25
-    _write_video(anna / "read.mp4", doubled, 50, clip.audio)
-    _write_video(anna / "short.mp4", clip.frames[:12], 25, clip.audio[: 12 * 640])
-    _write_video(anna / "silent.mp4", clip.frames[:40], 25, None)
+    write_video(anna / "read.mp4", doubled, 50, clip.audio)
+    write_video(anna / "short.mp4", clip.frames[:12], 25, clip.audio[: 12 * 640])
+    write_video(anna / "silent.mp4", clip.frames[:40], 25, None)
     tiny = [np.ascontiguousarray(f[::4, ::4]) for f in clip.frames[:30]]
-    _write_video(anna / "tiny.mp4", tiny, 25, clip.audio[: 30 * 640])
+    write_video(anna / "tiny.mp4", tiny, 25, clip.audio[: 30 * 640])
     (anna / "notes.mp4").write_text("not a video at all\n")
 
     report = prepare_dataset([anna, tmp_path / "missing.mp4"], tmp_path / "set", min_seconds=1.0,
@@ -221,7 +188,7 @@ def test_prepare_cuts_where_the_face_is_lost_or_too_small(tmp_path: Path) -> Non
         f[:] = 90  # the presenter walks off: no face
     video = tmp_path / "bob" / "take.mp4"
     video.parent.mkdir()
-    _write_video(video, frames, 25, clip.audio)
+    write_video(video, frames, 25, clip.audio)
     report = prepare_dataset([video], tmp_path / "set", min_seconds=1.0, max_seconds=4.0)
     assert [c.frames for c in report.dataset.clips] == [28]
     assert report.dataset.speakers == ["bob"]

@@ -90,12 +90,84 @@ def configure_syncnet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every", type=int, default=defaults.save_every,
                         help=f"checkpoint every N steps ({defaults.save_every})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed ({defaults.seed})")
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda[:N] or mlu[:N] (auto)")
+    add_common_options(parser, defaults.device)
+
+
+class GeneratorDefaults:
+    """Defaults of ``anchorcast train generator|finetune|gan`` (as :class:`~.generator.GeneratorConfig`)."""
+
+    steps = 300
+    batch = 4
+    lr = 1e-4
+    sync_weight = 0.03
+    perceptual_weight = 0.05
+    msssim_weight = 0.15
+    disc_weight = 0.07
+    sync_on_below = 0.75
+    eval_every = 50
+    eval_windows = 16
+    heldout = 0.2
+    save_every = 50
+    clip_seconds = 4.0
+    seed = 0
+
+
+def configure_generator(parser: argparse.ArgumentParser, stage: str) -> None:
+    """The options of ``train generator``, ``train finetune`` and ``train gan`` (``stage``)."""
+    defaults = GeneratorDefaults
+    if stage == "finetune":
+        parser.add_argument("--video", type=Path, required=True, metavar="PRESENTER.mp4",
+                            help="the presenter reading (prepared into RUN/data)")
+        parser.add_argument("--clip-seconds", type=float, default=defaults.clip_seconds,
+                            help=f"cut the video into clips of at most this; whole clips are held out "
+                                 f"({defaults.clip_seconds})")
+    else:
+        parser.add_argument("--data", type=Path, required=True, metavar="DATASET", help="data set folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder to write")
+    parser.add_argument("--expert", required=stage != "finetune", metavar="WEIGHTS",
+                        help="the lip-sync expert, frozen (a weights name or file of kind syncnet)"
+                             + ("; without it only the L1 and MS-SSIM terms are used" if stage == "finetune" else ""))
+    parser.add_argument("--from", dest="init", required=stage != "generator", metavar="WEIGHTS",
+                        help="generator weights to start from (a weights name or file)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps ({defaults.steps})")
+    parser.add_argument("--batch", type=int, default=defaults.batch,
+                        help=f"five-frame windows per step ({defaults.batch})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"Adam learning rate ({defaults.lr})")
+    parser.add_argument("--sync-weight", type=float, default=defaults.sync_weight,
+                        help=f"a1, the expert's sync loss ({defaults.sync_weight})")
+    parser.add_argument("--perceptual-weight", type=float, default=defaults.perceptual_weight,
+                        help=f"a2, the perceptual loss on the expert's face features ({defaults.perceptual_weight})")
+    parser.add_argument("--msssim-weight", type=float, default=defaults.msssim_weight,
+                        help=f"a3, 1 - MS-SSIM ({defaults.msssim_weight}); L1 takes the rest")
+    if stage == "gan":
+        parser.add_argument("--disc-weight", type=float, default=defaults.disc_weight,
+                            help=f"the adversarial loss from the discriminator ({defaults.disc_weight})")
+    parser.add_argument("--sync-on-below", type=float, default=defaults.sync_on_below, metavar="LOSS",
+                        help=f"switch the sync term on once the held-out sync loss is below this "
+                             f"({defaults.sync_on_below}; inf: from the start)")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                        help=f"evaluate on held-out windows every N steps ({defaults.eval_every})")
+    parser.add_argument("--eval-windows", type=int, default=defaults.eval_windows,
+                        help=f"held-out windows to evaluate on ({defaults.eval_windows})")
+    parser.add_argument("--heldout", type=float, default=defaults.heldout,
+                        help=f"fraction of clips held out ({defaults.heldout})")
+    parser.add_argument("--save-every", type=int, default=defaults.save_every,
+                        help=f"checkpoint every N steps ({defaults.save_every})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed ({defaults.seed})")
+    add_common_options(parser)
+
+
+def add_common_options(parser: argparse.ArgumentParser, device: str = "auto") -> None:
+    """``--device``, ``--bf16`` and ``--resume``, which every training stage takes."""
+    parser.add_argument("--device", default=device, help="auto, cpu, cuda[:N] or mlu[:N] (auto: mlu, cuda, cpu)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast for the convolutions (faster on AMX/AVX512-BF16 CPUs and recent "
+                             "GPUs); weights and optimizer state stay float32")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    """``anchorcast train ACTION``: ``prepare``, ``synth`` and ``syncnet`` so far (the training stages add theirs)."""
+    """``anchorcast train ACTION``: ``prepare``, ``synth``, ``syncnet``, ``generator``, ``finetune``, ``gan``."""
     actions = parser.add_subparsers(dest="train_action", metavar="ACTION", required=True)
     configure_prepare(actions.add_parser(
         "prepare", help="talking-face videos -> a training data set",
@@ -111,6 +183,21 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                     "embeddings. --stages 3: train on all data; keep the windows it judges in sync; train with "
                     "a growing margin between in-sync and off-sync similarity; train on the kept windows. "
                     "Writes metrics.json, syncnet.safetensors and a resumable training state to --out."))
+    configure_generator(actions.add_parser(
+        "generator", help="train the Wav2Lip generator against the frozen expert",
+        description="Train the generator with a1*L_sync + a2*L_perceptual + a3*L_msssim + (1-a1-a2-a3)*L1, the "
+                    "expert frozen; the sync term is switched on once the held-out sync loss falls below "
+                    "--sync-on-below. Writes metrics.json, generator.safetensors and a resumable state."), "generator")
+    configure_generator(actions.add_parser(
+        "finetune", help="fine-tune a generator on a presenter's own reading video (face encoder only)",
+        description="Prepare the presenter's video, freeze the audio encoder and the face decoder and train only "
+                    "the face (identity) encoder. Reports the mouth jitter against the real video before and "
+                    "after."), "finetune")
+    configure_generator(actions.add_parser(
+        "gan", help="refine a generator with the visual-quality discriminator (expert frozen)",
+        description="Train the generator with the adversarial term of the visual-quality discriminator added "
+                    "(Adam betas 0.5, 0.999 for both), the expert frozen. Writes generator.safetensors and "
+                    "discriminator.safetensors."), "gan")
 
 
 def run_train(host: object, args: argparse.Namespace) -> int:
@@ -127,6 +214,10 @@ def run_train(host: object, args: argparse.Namespace) -> int:
         from anchorcast_plugins.training.syncnet import run_syncnet
 
         return run_syncnet(host, args)
+    if args.train_action in ("generator", "finetune", "gan"):
+        from anchorcast_plugins.training.generator import run_generator
+
+        return run_generator(host, args, args.train_action)
     from anchorcast.errors import InputError
 
-    raise InputError(f"unknown train action {args.train_action!r}", hint="use `prepare`, `synth` or `syncnet`")
+    raise InputError(f"unknown train action {args.train_action!r}", hint="use prepare, synth, syncnet, generator, finetune or gan")

@@ -45,6 +45,7 @@ from anchorcast_plugins.training.common import (
     RunFolder,
     TrainingInterrupted,
     evaluation,
+    mixed_precision,
     run_steps,
     set_seeds,
     step_rng,
@@ -80,6 +81,7 @@ class SyncNetConfig:
     save_every: int = 50
     seed: int = 0
     device: str = "auto"
+    bf16: bool = False
     resume: bool = False
 
     def check(self) -> None:
@@ -184,19 +186,21 @@ def sync_bce(similarity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class SyncNetTrainer:
     """The expert, its Adam optimiser and one training step; usable without the CLI (tests, benchmarks)."""
 
-    def __init__(self, device: str = "cpu", lr: float = 1e-4, seed: int = 0) -> None:
+    def __init__(self, device: str = "cpu", lr: float = 1e-4, seed: int = 0, bf16: bool = False) -> None:
         from anchorcast_plugins.wav2lip.models import SyncNet
 
         set_seeds(seed)
         self.device = device
+        self.bf16 = bf16
         self.model = SyncNet().to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
 
     def similarities(self, mels: npt.NDArray[np.float32] | torch.Tensor,
                      faces: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
-        audio, video = self.model(torch.as_tensor(mels, device=self.device),
-                                  torch.as_tensor(faces, device=self.device))
-        return (audio * video).sum(dim=1)
+        with mixed_precision(self.device, self.bf16):
+            audio, video = self.model(torch.as_tensor(mels, device=self.device),
+                                      torch.as_tensor(faces, device=self.device))
+        return (audio.float() * video.float()).sum(dim=1)
 
     def step(self, batch: PairBatch, margin: float = 0.0) -> dict[str, float]:
         """One optimiser step on a batch of matched pairs (2N samples, half in sync); ``margin`` > 0 adds the
@@ -308,7 +312,7 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
     run.metrics["device"] = description
     run.metrics["data"] = {"folder": str(dataset.folder), "train_clips": len(train_set),
                            "heldout_clips": len(heldout_set), "heldout_ids": [c.id for c in heldout_set.clips]}
-    trainer = SyncNetTrainer(device, config.lr, config.seed)
+    trainer = SyncNetTrainer(device, config.lr, config.seed, config.bf16)
     step = 0
     if config.resume:
         step, _ = run.load_checkpoint(trainer.model, trainer.optimizer, device)

@@ -1,0 +1,210 @@
+"""The whole training pipeline at small scale, through the `anchorcast train` commands: prepare -> syncnet (three
+stages) -> generator -> finetune -> gan. Each stage's loss must fall and its weights must load into the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anchorcast.errors import InputError
+from anchorcast.media import StreamFormat
+from anchorcast_plugins.training.cli_args import configure_train, run_train
+from anchorcast_plugins.training.common import STATE_FILE
+from anchorcast_plugins.training.generator import (
+    GeneratorConfig,
+    GeneratorTrainer,
+    LossWeights,
+    WindowSampler,
+    train_generator,
+)
+from anchorcast_plugins.training.losses import mouth_jitter, mouth_motion, ms_ssim
+from anchorcast_plugins.training.synth import SENTENCES, SPEAKERS, SyntheticTalker, make_synthetic_dataset
+from tests.mp4 import write_video
+
+FMT = StreamFormat(640, 360, Fraction(25), 16000)
+
+
+def train(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    configure_train(parser)
+    return run_train(None, parser.parse_args([str(a) for a in argv]))
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def falls(steps: list[dict], key: str = "loss", edge: int = 3) -> tuple[float, float]:
+    values = [s[key] for s in steps]
+    return float(np.mean(values[:edge])), float(np.mean(values[-edge:]))
+
+
+def render_videos(folder: Path, speaker_index: int, takes: int, seconds: float, first_sentence: int) -> None:
+    talker = SyntheticTalker(SPEAKERS[speaker_index], size=256)
+    folder.mkdir(parents=True)
+    for k in range(takes):
+        sentences = [SENTENCES[(first_sentence + 2 * k + i) % len(SENTENCES)] for i in range(2)]
+        clip = talker.speak(sentences, seconds=seconds)
+        write_video(folder / f"take{k}.mp4", clip.frames, 25, clip.audio)
+
+
+def render_frame(weights: Path) -> np.ndarray:
+    """One frame of the wav2lip engine with these weights, on a speech-like tone."""
+    from anchorcast.components import FrameJob
+    from anchorcast_plugins.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
+    from anchorcast_plugins.wav2lip.engine import Wav2LipEngine
+
+    engine = Wav2LipEngine({"weights": str(weights), "avatar": None, "face_box": None, "device": "cpu",
+                            "backend": "torch", "max_batch": 2})
+    engine.open(FMT)
+    try:
+        behind, ahead = LOOKBEHIND_SAMPLES, lookahead_samples(FMT.fps)
+        t = np.arange(behind + 640 + ahead) / 16000
+        audio = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+        frame = engine.render([FrameJob(0, 0.0, audio, behind, 640, 1.0)])[0]
+        assert np.any(frame != engine.idle(0))  # the generator's mouth is pasted in
+        return frame
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_prepare_syncnet_generator_finetune_gan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANCHORCAST_HOME", str(tmp_path / "home"))
+    videos, data = tmp_path / "videos", tmp_path / "data"
+    render_videos(videos / "anna", 0, takes=3, seconds=2.0, first_sentence=0)
+    assert train("prepare", videos, "--out", data, "--max-seconds", 2.0) == 0
+    assert len(json.loads((data / "dataset.json").read_text())["clips"]) == 3
+
+    expert = tmp_path / "expert"
+    assert train("syncnet", "--data", data, "--out", expert, "--stages", 3, "--steps", 6, "--batch", 4,
+                 "--lr", 1e-3, "--eval-every", 100, "--eval-pairs", 8, "--heldout", 0.34, "--device", "cpu") == 0
+    synced = metrics(expert)
+    assert [s["name"] for s in synced["stages"]] == ["all", "margin", "filtered"]
+    first, last = falls(synced["steps"])
+    assert last < first, (first, last)
+
+    common = ("--batch", 2, "--eval-every", 100, "--eval-windows", 4, "--heldout", 0.34, "--device", "cpu",
+              "--expert", expert / "syncnet.safetensors", "--sync-on-below", "inf")
+    generator = tmp_path / "generator"
+    assert train("generator", "--data", data, "--out", generator, "--steps", 8, "--lr", 1e-3, *common) == 0
+    made = metrics(generator)
+    first, last = falls(made["steps"])
+    assert last < first, (first, last)
+    assert all(s["sync_on"] and {"sync", "perceptual", "msssim", "l1"} <= set(s) for s in made["steps"])
+    assert made["final"]["eval_l1"] < made["initial"]["eval_l1"]
+
+    presenter = tmp_path / "presenter"
+    render_videos(presenter, 1, takes=1, seconds=4.0, first_sentence=7)
+    tuned = tmp_path / "finetune"
+    assert train("finetune", "--video", presenter / "take0.mp4", "--clip-seconds", 2.0, "--out", tuned,
+                 "--from", generator / "generator.safetensors", "--steps", 8, "--lr", 1e-3, *common) == 0
+    adapted = metrics(tuned)
+    first, last = falls(adapted["steps"])
+    assert last < first, (first, last)
+    assert adapted["prepared"]["clips"] == 2 and adapted["data"]["heldout_clips"] == 1
+    for key in ("mouth_jitter", "real_mouth_motion"):
+        assert adapted["initial"][key] > 0 and adapted["final"][key] > 0
+    _only_the_face_encoder_changed(generator / "generator.safetensors", tuned / "generator.safetensors")
+
+    gan = tmp_path / "gan"
+    assert train("gan", "--data", data, "--out", gan, "--from", generator / "generator.safetensors", "--steps", 8,
+                 "--lr", 1e-4, *common) == 0
+    refined = metrics(gan)
+    first, last = falls(refined["steps"], "l1")
+    assert last < first, (first, last)
+    assert all(np.isfinite(s["disc_loss"]) and "adversarial" in s for s in refined["steps"])
+    assert (gan / "discriminator.safetensors").is_file()
+
+    from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
+    from anchorcast_plugins.wav2lip.weights_store import import_weights
+
+    assert import_weights(expert / "syncnet.safetensors", "our-expert", expected_kind="syncnet").global_step == 18
+    assert load_checkpoint(gan / "discriminator.safetensors", "discriminator").global_step == 8
+    for run in (generator, tuned, gan):
+        stored = import_weights(run / "generator.safetensors", f"anchor-{run.name}", expected_kind="generator")
+        assert stored.global_step == 8
+        frame = render_frame(run / "generator.safetensors")
+        assert frame.shape == (FMT.height, FMT.width, 3)
+
+
+def _only_the_face_encoder_changed(before: Path, after: Path) -> None:
+    from safetensors.torch import load_file
+
+    old, new = load_file(str(before)), load_file(str(after))
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith("face_encoder_blocks.") for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("face_encoder_blocks.") and k.endswith("running_mean") for k in changed)
+
+
+# --- pieces ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "set", clips=2, seconds=1.2, seed=5,
+                                  speakers=1)
+
+
+def test_windows_hold_masked_targets_references_and_centred_mels(tiny) -> None:
+    sampler = WindowSampler(tiny)
+    batch = sampler.sample(np.random.default_rng(0), 6)
+    for k, (index, t, u) in enumerate(batch.windows):
+        clip = sampler.clips[int(index)]
+        assert u != t
+        real = clip.faces[t : t + 5].astype(np.float32).transpose(3, 0, 1, 2) / 255
+        assert np.allclose(batch.targets[k], real)
+        assert np.allclose(batch.faces[k, :3, :, :48], real[:, :, :48]) and not batch.faces[k, :3, :, 48:].any()
+        assert np.allclose(batch.references[k], clip.faces[u : u + 5].astype(np.float32).transpose(3, 0, 1, 2) / 255)
+        for i in range(5):
+            start = (t + i - 2) * 80 // 25
+            assert np.array_equal(batch.mels[k, i, 0], clip.mel[:, start : start + 16])
+        assert np.array_equal(batch.sync_mels[k, 0], clip.mel[:, t * 80 // 25 : t * 80 // 25 + 16])
+
+
+def test_ms_ssim_and_mouth_measures() -> None:
+    rng = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 96, 96, generator=rng)
+    assert float(ms_ssim(image, image)) == pytest.approx(1.0, abs=1e-5)
+    noisy = (image + 0.2 * torch.randn(image.shape, generator=rng)).clamp(0, 1)
+    assert 0 < float(ms_ssim(image, noisy)) < 0.9
+    still = image[:1].expand(4, -1, -1, -1)
+    moving = still.clone()
+    moving[1::2, :, 60:88, 24:72] += 0.1  # the mouth opens and closes every frame
+    assert mouth_motion(still) == 0 and mouth_motion(moving) == pytest.approx(0.1, rel=1e-5)
+    assert mouth_jitter(moving, moving) == 0
+    assert mouth_jitter(still, moving) == pytest.approx(0.1, rel=1e-5)
+    moving_elsewhere = still.clone()
+    moving_elsewhere[1::2, :, :20] += 0.1  # motion outside the mouth box does not count
+    assert mouth_jitter(moving_elsewhere, still) == 0
+
+
+def test_finetune_freezes_the_audio_encoder_and_decoder_statistics(tiny) -> None:
+    from anchorcast_plugins.wav2lip.models import SyncNet
+
+    expert = SyncNet().eval()
+    trainer = GeneratorTrainer(expert, "cpu", lr=1e-3, trainable="face_encoder")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.step(WindowSampler(tiny).sample(np.random.default_rng(1), 2), LossWeights(), sync_on=True)
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("face_encoder_blocks.") for k in changed)
+    assert not [k for k in changed if not k.startswith("face_encoder_blocks.")]
+    assert all(not p.requires_grad for p in expert.parameters())
+
+
+def test_bad_options_are_one_clear_message(tiny, tmp_path: Path) -> None:
+    base = GeneratorConfig(out=str(tmp_path / "run"), data=str(tiny.folder), expert="none", device="cpu")
+    with pytest.raises(InputError, match="add up to less than 1"):
+        train_generator(GeneratorConfig(**{**base.__dict__, "sync_weight": 0.5, "msssim_weight": 0.5}))
+    with pytest.raises(InputError, match="--from"):
+        train_generator(GeneratorConfig(**{**base.__dict__, "stage": "gan"}))
+    with pytest.raises(InputError, match="syncnet|weights"):
+        train_generator(base)  # "none" is neither a stored name nor a file
+    assert not (tmp_path / "run" / STATE_FILE).exists()
