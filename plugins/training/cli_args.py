@@ -26,6 +26,10 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
                         help=f"drop videos whose shorter side is below this (default {DEFAULT_MIN_RESOLUTION})")
     parser.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE, metavar="PIXELS",
                         help=f"frames whose face is narrower than this count as lost (default {DEFAULT_MIN_FACE})")
+    parser.add_argument("--expert", default=None, metavar="WEIGHTS",
+                        help="a lip-sync expert (weights name or file of kind syncnet): drop clips it finds off-sync")
+    parser.add_argument("--max-offset", type=int, default=2, metavar="FRAMES",
+                        help="with --expert: drop a clip whose best audio offset is further than this (default 2)")
 
 
 def configure_synth(parser: argparse.ArgumentParser) -> None:

@@ -313,6 +313,11 @@ class DatasetWriter:
         self.entries.append(entry)
         return entry
 
+    def remove(self, cid: str) -> None:
+        """Takes a clip added before back out (its files and its entry)."""
+        shutil.rmtree(self.partial / CLIPS_DIR / cid, ignore_errors=True)
+        self.entries = [e for e in self.entries if e["id"] != cid]
+
     def finish(self) -> Dataset:
         info = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "fps": FPS, "sample_rate": SAMPLE_RATE,
                 "crop_size": CROP_SIZE, **self.extra, "clips": self.entries}

@@ -26,13 +26,21 @@ import numpy.typing as npt
 from anchorcast.errors import InputError
 from anchorcast.media import Image
 from anchorcast_plugins.training.dataset import (
+    CLIPS_DIR,
+    FACES_FILE,
     FPS,
+    MEL_FILE,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     Dataset,
     DatasetWriter,
     clip_id,
 )
+
+DEFAULT_MAX_OFFSET = 2
+"""With an expert, clips whose best audio offset is further than this many frames from zero are off-sync."""
+OFFSET_SEARCH = 8
+"""Audio offsets searched, in frames either way (±320 ms)."""
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg"})
 REGION_MARGIN = 0.25
@@ -81,8 +89,12 @@ def find_videos(paths: list[Path]) -> list[Path]:
 def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None = None, min_seconds: float = 1.0,
                     max_seconds: float = 10.0, min_resolution: int = 160, min_face: int = 48,
                     pads: tuple[int, int, int, int] | None = None, smooth_window: int | None = None,
-                    progress: Progress | None = None) -> PrepareReport:
+                    progress: Progress | None = None, expert: str | None = None,
+                    max_offset: int = DEFAULT_MAX_OFFSET) -> PrepareReport:
     """Writes the data set ``out`` from ``videos`` (files or folders) and reports what was kept and dropped.
+
+    With ``expert`` (a syncnet weights name or file) every clip is checked by :func:`sync_offset` and dropped
+    when the expert's best audio offset is more than ``max_offset`` frames from zero.
 
     Speakers are ``speaker`` when given, else each video's parent folder name. Raises InputError when no video
     gives a single clip (naming why each was dropped) or an option is out of range.
@@ -94,6 +106,9 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
         raise InputError(f"need 0 < --min-seconds <= --max-seconds, got {min_seconds} and {max_seconds}")
     if min_resolution < 1 or min_face < 1:
         raise InputError("--min-resolution and --min-face must be positive")
+    if max_offset < 0:
+        raise InputError(f"--max-offset must be 0 or more, got {max_offset}")
+    scorer = _load_scorer(expert) if expert else None
     pads = tuple(pads) if pads is not None else DEFAULT_PADS  # type: ignore[assignment]
     smooth_window = smooth_window or DEFAULT_SMOOTH_WINDOW
     started = time.perf_counter()
@@ -118,6 +133,9 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
                 dropped.append((name, str(reason)))
                 continue
             kept.append((name, count))
+        if scorer is not None:
+            _drop_off_sync(writer, scorer, max_offset, dropped)
+            kept = [(name, n) for name, n in kept if any(e["source"] == name for e in writer.entries)]
         if not writer.entries:
             raise InputError("no usable clip in the videos given: "
                              + "; ".join(f"{Path(s).name}: {r}" for s, r in dropped),
@@ -125,6 +143,60 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
                              f"{min_seconds:g} s")
         dataset = writer.finish()
     return PrepareReport(dataset, kept, dropped, time.perf_counter() - started)
+
+
+def sync_offset(expert: Any, faces: npt.NDArray[np.uint8], mel: npt.NDArray[np.float32],
+                search: int = OFFSET_SEARCH) -> tuple[int, float, float]:
+    """The audio offset (frames, within ``±search``) at which the expert finds a clip most in sync: for every
+    offset, the mean cosine similarity of each five-frame window with the sync window ``offset`` frames later.
+    Returns ``(best offset, its similarity, the similarity at offset 0)``."""
+    import torch
+
+    from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, lower_halves, mel_start
+
+    frames = len(faces)
+    columns = mel.shape[1]
+    last = min(frames - SYNC_FRAMES, (25 * (columns - MEL_STEP + 1) - 1) // 80)
+    starts = np.arange(0, last + 1)
+    if len(starts) == 0:
+        return 0, 0.0, 0.0
+    with torch.no_grad():
+        windows = torch.from_numpy(np.stack([lower_halves(faces[t : t + SYNC_FRAMES]) for t in starts]))
+        face_embeddings = torch.cat([expert.face_encoder(windows[i : i + 64]).flatten(1)
+                                     for i in range(0, len(windows), 64)])
+        face_embeddings = torch.nn.functional.normalize(face_embeddings, dim=1)
+        mels = torch.from_numpy(np.stack([mel[None, :, mel_start(t) : mel_start(t) + MEL_STEP] for t in starts]))
+        audio_embeddings = torch.cat([expert.audio_encoder(mels[i : i + 64]).flatten(1)
+                                      for i in range(0, len(mels), 64)])
+        audio_embeddings = torch.nn.functional.normalize(audio_embeddings, dim=1)
+    scores: dict[int, float] = {}
+    for offset in range(-search, search + 1):
+        valid = (starts + offset >= 0) & (starts + offset <= last)
+        if valid.sum() >= max(1, len(starts) // 4):
+            faces_at, audio_at = face_embeddings[valid], audio_embeddings[starts[valid] + offset]
+            scores[offset] = float((faces_at * audio_at).sum(1).mean())
+    best = max(scores, key=lambda o: (scores[o], -abs(o)))
+    return best, scores[best], scores.get(0, 0.0)
+
+
+def _load_scorer(expert: str) -> Any:
+    from anchorcast_plugins.training.generator import load_expert
+
+    return load_expert(expert, "cpu")
+
+
+def _drop_off_sync(writer: DatasetWriter, expert: Any, max_offset: int, dropped: list[tuple[str, str]]) -> None:
+    for entry in list(writer.entries):
+        folder = writer.partial / CLIPS_DIR / entry["id"]
+        faces = np.load(folder / FACES_FILE, mmap_mode="r")
+        mel = np.load(folder / MEL_FILE)
+        best, at_best, at_zero = sync_offset(expert, faces, mel)
+        entry["sync"] = {"best_offset": best, "similarity": round(at_best, 4), "similarity_at_0": round(at_zero, 4)}
+        if abs(best) > max_offset:
+            writer.remove(entry["id"])
+            dropped.append((entry["source"], f"clip {entry['id']}: off-sync, the expert's best audio offset is "
+                                             f"{best:+d} frames (similarity {at_best:.2f}, {at_zero:.2f} at 0; "
+                                             f"--max-offset {max_offset})"))
 
 
 def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: Any, min_seconds: float,
@@ -333,7 +405,8 @@ def run_prepare(host: Any, args: argparse.Namespace) -> int:
 
         report = prepare_dataset(args.videos, args.out, speaker=args.speaker, min_seconds=args.min_seconds,
                                  max_seconds=args.max_seconds, min_resolution=args.min_resolution,
-                                 min_face=args.min_face, progress=on_progress)
+                                 min_face=args.min_face, progress=on_progress, expert=args.expert,
+                                 max_offset=args.max_offset)
     dataset = report.dataset
     lines = [f"[bold]data set[/] {escape(str(dataset.folder))}",
              f"  clips     {len(dataset)} ({dataset.frames / FPS:.1f} s) from {len(report.kept)} videos, "
