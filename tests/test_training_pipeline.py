@@ -15,7 +15,6 @@ import torch
 from anchorcast.errors import InputError
 from anchorcast.media import StreamFormat
 from anchorcast_plugins.training.cli_args import configure_train, run_train
-from anchorcast_plugins.training.common import STATE_FILE
 from anchorcast_plugins.training.generator import (
     GeneratorConfig,
     GeneratorTrainer,
@@ -207,4 +206,4 @@ def test_bad_options_are_one_clear_message(tiny, tmp_path: Path) -> None:
         train_generator(GeneratorConfig(**{**base.__dict__, "stage": "gan"}))
     with pytest.raises(InputError, match="syncnet|weights"):
         train_generator(base)  # "none" is neither a stored name nor a file
-    assert not (tmp_path / "run" / STATE_FILE).exists()
+    assert not (tmp_path / "run").exists()  # nothing is made before the inputs are checked

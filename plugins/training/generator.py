@@ -453,24 +453,29 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
     Raises :class:`TrainingInterrupted` after saving when interrupted."""
     config.check()
     out = console or Console(stderr=True)
+    device, description = training_device(config.device)
+    # everything given is checked before the run folder is made
+    expert = load_expert(config.expert, device) if config.expert else None
+    dataset = Dataset.load(config.data) if config.data else None
+    if dataset is None and config.video and not Path(config.video).expanduser().is_file():
+        raise InputError(f"--video {config.video}: no such file")
+    trainer = GeneratorTrainer(expert, device, lr=config.lr, seed=config.seed,
+                               trainable="face_encoder" if config.stage == "finetune" else "all",
+                               discriminator=config.stage == "gan",
+                               betas=(0.5, 0.999) if config.stage == "gan" else (0.9, 0.999),
+                               init=config.init, bf16=config.bf16)
     run = RunFolder.open(config.out, "generator", config.stage, asdict(config), resume=config.resume)
-    dataset = _stage_data(config, run, out)
+    if dataset is None:
+        dataset = _prepared_video(config, run, out)
     train_set, heldout_set = dataset.split(config.heldout, seed=config.seed)
     if len(heldout_set) == 0:
         hint = ("use a longer video or a shorter --clip-seconds" if config.stage == "finetune"
                 else "add clips, e.g. `anchorcast train synth --clips 12`")
         raise InputError(f"data set {dataset.folder} has {len(dataset)} clip(s): evaluation needs at least two "
                          "(one is held out)", hint=hint)
-    device, description = training_device(config.device)
     run.metrics["device"] = description + (", bfloat16 autocast" if config.bf16 else "")
     run.metrics["data"] = {"folder": str(dataset.folder), "train_clips": len(train_set),
                            "heldout_clips": len(heldout_set)}
-    expert = load_expert(config.expert, device) if config.expert else None
-    trainer = GeneratorTrainer(expert, device, lr=config.lr, seed=config.seed,
-                               trainable="face_encoder" if config.stage == "finetune" else "all",
-                               discriminator=config.stage == "gan",
-                               betas=(0.5, 0.999) if config.stage == "gan" else (0.9, 0.999),
-                               init=config.init, bf16=config.bf16)
     companions = _companions(trainer)
     step, extra = 0, {}
     if config.resume:
@@ -523,11 +528,9 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
     return run.metrics
 
 
-def _stage_data(config: GeneratorConfig, run: RunFolder, out: Console) -> Dataset:
-    """The stage's data set: ``--data``, or for ``finetune`` the presenter video prepared into ``RUN/data`` (kept
-    there, so a resumed run does not prepare it again)."""
-    if config.data:
-        return Dataset.load(config.data)
+def _prepared_video(config: GeneratorConfig, run: RunFolder, out: Console) -> Dataset:
+    """``finetune``: the presenter video prepared into ``RUN/data`` (kept there, so a resumed run does not
+    prepare it again)."""
     from anchorcast_plugins.training.prepare import prepare_dataset
 
     folder = run.path / "data"
@@ -535,8 +538,6 @@ def _stage_data(config: GeneratorConfig, run: RunFolder, out: Console) -> Datase
         return Dataset.load(folder)
     assert config.video is not None
     video = Path(config.video).expanduser()
-    if not video.is_file():
-        raise InputError(f"--video {video}: no such file")
     out.print(f"preparing {video} (faces cropped, clips of at most {config.clip_seconds:g} s)", highlight=False)
     report = prepare_dataset([video], folder, speaker="presenter", max_seconds=config.clip_seconds)
     for source, reason in report.dropped:
