@@ -15,6 +15,7 @@ import torch
 from anchorcast.errors import InputError
 from anchorcast.media import StreamFormat
 from anchorcast_plugins.training.cli_args import configure_train, run_train
+from anchorcast_plugins.training.common import STATE_FILE
 from anchorcast_plugins.training.generator import (
     GeneratorConfig,
     GeneratorTrainer,
@@ -89,6 +90,7 @@ def test_prepare_syncnet_generator_finetune_gan(tmp_path: Path, monkeypatch: pyt
     first, last = falls(synced["steps"])
     assert last < first, (first, last)
 
+    expert_bytes = (expert / "syncnet.safetensors").read_bytes()
     common = ("--batch", 2, "--eval-every", 100, "--eval-windows", 4, "--heldout", 0.34, "--device", "cpu",
               "--expert", expert / "syncnet.safetensors", "--sync-on-below", "inf")
     generator = tmp_path / "generator"
@@ -110,16 +112,20 @@ def test_prepare_syncnet_generator_finetune_gan(tmp_path: Path, monkeypatch: pyt
     assert adapted["prepared"]["clips"] == 2 and adapted["data"]["heldout_clips"] == 1
     for key in ("mouth_jitter", "real_mouth_motion"):
         assert adapted["initial"][key] > 0 and adapted["final"][key] > 0
+    # the real motion is the video's own; the output's jitter moved with training
+    assert adapted["initial"]["real_mouth_motion"] == adapted["final"]["real_mouth_motion"]
+    assert adapted["initial"]["mouth_jitter"] != adapted["final"]["mouth_jitter"]
     _only_the_face_encoder_changed(generator / "generator.safetensors", tuned / "generator.safetensors")
 
     gan = tmp_path / "gan"
     assert train("gan", "--data", data, "--out", gan, "--from", generator / "generator.safetensors", "--steps", 8,
-                 "--lr", 1e-4, *common) == 0
+                 "--lr", 1e-4, "--bf16", *common) == 0
     refined = metrics(gan)
     first, last = falls(refined["steps"], "l1")
     assert last < first, (first, last)
     assert all(np.isfinite(s["disc_loss"]) and "adversarial" in s for s in refined["steps"])
-    assert (gan / "discriminator.safetensors").is_file()
+    assert (gan / "discriminator.safetensors").is_file() and "bfloat16" in refined["device"]
+    assert (expert / "syncnet.safetensors").read_bytes() == expert_bytes  # the expert stayed frozen
 
     from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
     from anchorcast_plugins.wav2lip.weights_store import import_weights
@@ -162,7 +168,9 @@ def test_windows_hold_masked_targets_references_and_centred_mels(tiny) -> None:
         assert np.allclose(batch.faces[k, :3, :, :48], real[:, :, :48]) and not batch.faces[k, :3, :, 48:].any()
         assert np.allclose(batch.references[k], clip.faces[u : u + 5].astype(np.float32).transpose(3, 0, 1, 2) / 255)
         for i in range(5):
-            start = (t + i - 2) * 80 // 25
+            # the reference: frames numbered from 1 (get_frame_id + 1), then crop_audio_window(number - 2)
+            number = int(t) + i + 1
+            start = int(80.0 * ((number - 2) / 25.0))
             assert np.array_equal(batch.mels[k, i, 0], clip.mel[:, start : start + 16])
         assert np.array_equal(batch.sync_mels[k, 0], clip.mel[:, t * 80 // 25 : t * 80 // 25 + 16])
 
@@ -207,3 +215,64 @@ def test_bad_options_are_one_clear_message(tiny, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="syncnet|weights"):
         train_generator(base)  # "none" is neither a stored name nor a file
     assert not (tmp_path / "run").exists()  # nothing is made before the inputs are checked
+
+
+@pytest.mark.slow
+def test_gan_resumes_after_ctrl_c_with_its_discriminator_and_sync_state(tiny, tmp_path: Path) -> None:
+    from anchorcast_plugins.training.common import TrainingInterrupted
+    from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
+    from anchorcast_plugins.wav2lip.models import SyncNet, Wav2Lip
+
+    torch.manual_seed(0)
+    expert, start = tmp_path / "expert.safetensors", tmp_path / "start.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in SyncNet().state_dict().items()}, str(expert), {"kind": "syncnet"})
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(start), {"kind": "generator"})
+    out = tmp_path / "gan"
+    config = GeneratorConfig(out=str(out), stage="gan", data=str(tiny.folder), expert=str(expert), init=str(start),
+                             steps=4, batch=1, eval_every=100, eval_windows=2, heldout=0.5, save_every=100,
+                             device="cpu", sync_on_below=100.0)
+
+    def interrupt(step: int, values: object) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_generator(config, after_step=interrupt)
+    assert stopped.value.step == 2
+    saved_disc = load_checkpoint(out / "discriminator.safetensors", "discriminator")
+    assert saved_disc.global_step == 2
+    with pytest.raises(InputError, match="holds a gan run"):
+        train_generator(GeneratorConfig(**{**config.__dict__, "stage": "generator", "resume": True}))
+    resumed = train_generator(GeneratorConfig(**{**config.__dict__, "resume": True}))
+    assert [s["step"] for s in resumed["steps"]] == [1, 2, 3, 4]
+    # the sync term was switched on at the first evaluation and stays on after the resume
+    assert [s["sync_on"] for s in resumed["steps"]] == [True] * 4
+    assert load_checkpoint(out / "discriminator.safetensors", "discriminator").global_step == 4
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    assert state["step"] == 4 and state["companion_optimizers"]["discriminator"]["state"]
+
+
+def test_ctrl_c_inside_a_step_lets_the_step_finish_then_saves_it(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from rich.console import Console
+
+    from anchorcast_plugins.training.common import RunFolder, TrainingInterrupted, run_steps
+
+    run = RunFolder.open(tmp_path / "run", "generator", "test", {}, resume=False)
+    finished, saved = [], []
+
+    def step(number: int) -> dict[str, float]:
+        if number == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step
+        finished.append(number)
+        return {"loss": 1.0 / number}
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_steps(run, label="test", first=1, last=6, step=step, save=saved.append, console=Console(quiet=True),
+                  save_every=100)
+    assert finished == [1, 2, 3] and stopped.value.step == 3 and saved == [3]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["completed_steps"] == 3

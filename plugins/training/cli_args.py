@@ -103,7 +103,7 @@ class GeneratorDefaults:
     steps = 300
     batch = 4
     lr = 1e-4
-    sync_weight = 0.03
+    sync_weight = None
     perceptual_weight = 0.05
     msssim_weight = 0.15
     disc_weight = 0.07
@@ -138,7 +138,8 @@ def configure_generator(parser: argparse.ArgumentParser, stage: str) -> None:
                         help=f"five-frame windows per step ({defaults.batch})")
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"Adam learning rate ({defaults.lr})")
     parser.add_argument("--sync-weight", type=float, default=defaults.sync_weight,
-                        help=f"a1, the expert's sync loss ({defaults.sync_weight})")
+                        help="a1, the expert's sync loss (the reference's " + ("0.03" if stage == "gan" else "0.01")
+                             + ")")
     parser.add_argument("--perceptual-weight", type=float, default=defaults.perceptual_weight,
                         help=f"a2, the perceptual loss on the expert's face features ({defaults.perceptual_weight})")
     parser.add_argument("--msssim-weight", type=float, default=defaults.msssim_weight,

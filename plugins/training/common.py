@@ -19,6 +19,8 @@ import json
 import os
 import random
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -106,6 +108,10 @@ class RunFolder:
                 run.metrics = json.loads(run.metrics_path.read_text())
             except (OSError, ValueError):
                 run.metrics = {}
+            if run.metrics.get("stage", stage) != stage:
+                raise InputError(f"--resume: {folder} holds a {run.metrics['stage']} run, not {stage}",
+                                 hint=f"continue it with `anchorcast train {run.metrics['stage']} --resume`, or "
+                                      "choose another --out folder")
         elif run.has_checkpoint:
             raise InputError(f"{folder} already holds a {kind} training run",
                              hint="pass --resume to continue it, or choose another --out folder")
@@ -211,13 +217,17 @@ class RunFolder:
         if loaded.global_step is not None and loaded.global_step != state["step"]:
             raise InputError(f"{self.weights_path} is at step {loaded.global_step} but {self.state_path} at step "
                              f"{state['step']}: the run stopped while saving", hint="start a new run")
-        optimizer.load_state_dict(state["optimizer"])
-        for kind, (_, companion_optimizer) in companions.items():
-            saved = state.get("companion_optimizers", {}).get(kind)
-            if saved is None:
-                raise InputError(f"--resume: {self.state_path} has no optimizer state for the {kind}",
-                                 hint="start a new run")
-            companion_optimizer.load_state_dict(saved)
+        mismatch = InputError(f"--resume: the optimizer state in {self.state_path} does not fit this run's "
+                              "model (another stage or trained parts)", hint="start a new run in another folder")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            for kind, (_, companion_optimizer) in companions.items():
+                saved = state.get("companion_optimizers", {}).get(kind)
+                if saved is None:
+                    raise mismatch
+                companion_optimizer.load_state_dict(saved)
+        except (ValueError, KeyError) as error:
+            raise mismatch from error
         torch.set_rng_state(state["torch_rng"])
         numpy_state = state["numpy_rng"]
         np.random.set_state(("MT19937", numpy_state["key"].numpy().astype(np.uint32), int(numpy_state["pos"]),
@@ -268,12 +278,15 @@ StepFunction = Callable[[int], Mapping[str, float]]
 def run_steps(run: RunFolder, *, label: str, first: int, last: int, step: StepFunction,
               save: Callable[[int], None], console: Console, save_every: int = 50,
               after_step: Callable[[int, Mapping[str, float]], None] | None = None,
-              record_extra: Callable[[int], Mapping[str, Any]] | None = None) -> None:
+              record_extra: Callable[[int], Mapping[str, Any]] | None = None,
+              evaluate: Callable[[int], Mapping[str, float]] | None = None) -> None:
     """Runs global steps ``first..last`` (1-based, inclusive) with a progress bar showing the losses.
 
-    Metrics are written after every step, ``save(step)`` every ``save_every`` steps and after the last. On Ctrl-C
-    (``KeyboardInterrupt``, also when raised by ``after_step``) the last completed step is saved and
-    :class:`TrainingInterrupted` raised.
+    After each step its losses are recorded (with ``record_extra(step)``), ``evaluate(step)`` may add held-out
+    figures to the progress line (it runs outside the step, so its time is not the step's), metrics are written,
+    and ``save(step)`` runs every ``save_every`` steps and after the last. Ctrl-C during a step lets the step finish
+    first, so a checkpoint never holds half a step; then (also when ``after_step`` or ``evaluate`` raise
+    ``KeyboardInterrupt``) the last completed step is saved and :class:`TrainingInterrupted` raised.
     """
     if last < first:
         return
@@ -285,13 +298,18 @@ def run_steps(run: RunFolder, *, label: str, first: int, last: int, step: StepFu
             task = progress.add_task(label, total=last - first + 1, losses="")
             for number in range(first, last + 1):
                 started = time.perf_counter()
-                values = step(number)
+                with _sigint_deferred() as interrupted:
+                    values = step(number)
                 seconds = time.perf_counter() - started
                 done = number
                 run.record_step(number, seconds, values, **(record_extra(number) if record_extra else {}))
+                if interrupted:
+                    raise KeyboardInterrupt
+                shown = dict(values)
+                if evaluate is not None:
+                    shown.update(evaluate(number))
                 run.save_metrics()
-                progress.update(task, advance=1,
-                                losses="  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+                progress.update(task, advance=1, losses="  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
                 if number % save_every == 0 or number == last:
                     save(number)
                 if after_step is not None:
@@ -302,6 +320,22 @@ def run_steps(run: RunFolder, *, label: str, first: int, last: int, step: StepFu
         run.metrics["interrupted_at_step"] = done
         run.save_metrics()
         raise TrainingInterrupted(done) from None
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[list[int]]:
+    """Holds Ctrl-C (SIGINT) back for the block; yields the list of signals that arrived meanwhile (the caller
+    raises ``KeyboardInterrupt`` when it is not empty). A no-op outside the main thread, where Python delivers no
+    signals."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

@@ -5,8 +5,8 @@ A training sample is a window of five consecutive frames ``t .. t+4`` of one cli
 
 - face input (6,5,96,96): each target frame with its lower half (rows 48-95) zeroed, and as reference the frames
   of another window of the same clip, unmasked;
-- audio (5,1,80,16): frame ``i``'s own mel window, starting at column ``int(80 * (i - 2) / 25)`` (the reference
-  training's centred window);
+- audio (5,1,80,16): frame ``i``'s own mel window, starting at column ``int(80 * (i - 1) / 25)`` (the reference
+  training's window, one frame earlier than the engine's ``int(80 * i / 25)`` at inference, as in the reference);
 - the expert's mel window for the whole five frames, ``mel[:, int(80 t / 25) : + 16]``, for the sync term;
 - target (3,5,96,96): the real frames.
 
@@ -28,9 +28,10 @@ to that of the unchanged input (the reference frames, what would be on air witho
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +65,16 @@ from anchorcast_plugins.training.losses import (
 )
 
 EPS = 1e-7
-CENTRE_OFFSET = 2
-"""Frame ``i``'s own mel window starts at frame ``i - 2`` (the reference training's ``crop_audio_window(i - 2)``)."""
+CENTRE_OFFSET = 1
+"""Frame ``i``'s own mel window starts at frame ``i - 1``: the reference training numbers frames from 1 there
+(``get_frame_id(f) + 1``) and crops at ``i - 2``."""
 
 
 @dataclass(frozen=True)
 class LossWeights:
     """``a1`` sync, ``a2`` perceptual, ``a3`` MS-SSIM, ``disc`` adversarial; L1 takes what is left."""
 
-    sync: float = 0.03
+    sync: float = 0.01
     perceptual: float = 0.05
     msssim: float = 0.15
     disc: float = 0.0
@@ -118,7 +120,9 @@ def window_starts(clip: Clip) -> range:
     """The starts ``t`` whose five frames, own mel windows and sync window all lie inside ``clip``."""
     columns = clip.mel.shape[1]
     last_by_mel = (25 * (columns - MEL_STEP + 1) - 1) // 80 if columns >= MEL_STEP else -1
-    return range(CENTRE_OFFSET, min(clip.frames - SYNC_FRAMES, last_by_mel - CENTRE_OFFSET) + 1)
+    # frame t + 4's own window starts at t + 4 - CENTRE_OFFSET and must end inside the mel, as must the sync window
+    return range(CENTRE_OFFSET, min(clip.frames - SYNC_FRAMES, last_by_mel - (SYNC_FRAMES - 1 - CENTRE_OFFSET),
+                                    last_by_mel) + 1)
 
 
 def frames_chw(frames: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -171,16 +175,17 @@ class WindowSampler:
     def sample(self, rng: np.random.Generator, count: int) -> WindowBatch:
         return self.batch(self.windows[rng.integers(len(self.windows), size=count)], rng)
 
-    def sequence(self, index: int) -> WindowBatch:
+    def sequence(self, index: int) -> WindowBatch | None:
         """Consecutive, non-overlapping windows covering clip ``index`` in order (for the mouth jitter), each with
-        the window half the clip away as its reference."""
-        starts = [row[1] for row in self.windows if row[0] == index]
-        if not starts:
-            raise InputError(f"clip {self.clips[index].id} is too short for the generator")
-        chosen = starts[:: SYNC_FRAMES]
-        rows = np.array([(index, t) for t in chosen], np.int64)
-        return self.batch(rows, np.random.default_rng(0), reference=lambda k: starts[(k * SYNC_FRAMES + len(starts)
-                                                                                          // 2) % len(starts)])
+        the window half the clip away as its reference; None when the clip has too few starts for that reference
+        to stay clear of the frames."""
+        starts = [int(row[1]) for row in self.windows if row[0] == index]
+        if len(starts) < 2 * SYNC_FRAMES:
+            return None
+        rows = np.array([(index, t) for t in starts[::SYNC_FRAMES]], np.int64)
+        half = len(starts) // 2
+        return self.batch(rows, np.random.default_rng(0),
+                          reference=lambda k: starts[(k * SYNC_FRAMES + half) % len(starts)])
 
     def fixed(self, seed: int, count: int) -> WindowBatch:
         """A reproducible set of up to ``count`` distinct windows spread over the data (for evaluation)."""
@@ -211,10 +216,12 @@ def load_generator_weights(model: nn.Module, name_or_path: str) -> None:
     model.load_state_dict(loaded.state_dict, strict=True)
 
 
-def sync_loss(expert: nn.Module, sync_mels: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-    """The expert's BCE against "in sync" for generated five-frame windows (B,3,5,96,96)."""
-    audio, video = expert(sync_mels, frames_to_windows(generated))
-    similarity = (audio * video).sum(dim=1).clamp(EPS, 1 - EPS)
+def sync_loss(expert: nn.Module, sync_mels: torch.Tensor, generated: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The expert's BCE against "in sync" for generated five-frame windows (B,3,5,96,96); with ``bf16`` the
+    expert runs under autocast and the loss in float32 (CUDA's autocast refuses BCE)."""
+    with mixed_precision(str(generated.device), bf16):
+        audio, video = expert(sync_mels, frames_to_windows(generated))
+    similarity = (audio.float() * video.float()).sum(dim=1).clamp(EPS, 1 - EPS)
     return F.binary_cross_entropy(similarity, torch.ones_like(similarity))
 
 
@@ -284,11 +291,11 @@ class GeneratorTrainer:
             return values
         with mixed_precision(self.device, self.bf16):
             values["perceptual"] = self.perceptual(generated, targets).float()
-            if with_sync_grad:
-                values["sync"] = sync_loss(self.expert, sync_mels, generated).float()
-            else:
-                with torch.no_grad():
-                    values["sync"] = sync_loss(self.expert, sync_mels, generated).float()
+        if with_sync_grad:
+            values["sync"] = sync_loss(self.expert, sync_mels, generated, self.bf16)
+        else:
+            with torch.no_grad():
+                values["sync"] = sync_loss(self.expert, sync_mels, generated, self.bf16)
         return values
 
     def combined(self, parts: Mapping[str, torch.Tensor], weights: LossWeights, sync_on: bool) -> torch.Tensor:
@@ -312,6 +319,7 @@ class GeneratorTrainer:
         if self.discriminator is not None:
             with mixed_precision(self.device, self.bf16):
                 fake = self.discriminator(generated).float()
+            # BCE outside autocast (CUDA's autocast refuses it)
             parts["adversarial"] = F.binary_cross_entropy(fake.clamp(EPS, 1 - EPS), torch.ones_like(fake))
         loss = self.combined(parts, weights, sync_on)
         self.optimizer.zero_grad(set_to_none=True)
@@ -349,7 +357,8 @@ class GeneratorTrainer:
         _, _, sync_mels, targets = self.tensors(batch)
         with torch.no_grad():
             parts = self.losses(generated, targets, sync_mels, with_sync_grad=False)
-        loss = self.combined(parts, weights, sync_on)
+        # the adversarial term has no held-out value: leave it out, so eval_loss compares across stages
+        loss = self.combined(parts, replace(weights, disc=0.0), sync_on)
         frames, real = generated.cpu().transpose(1, 2), targets.cpu().transpose(1, 2)
         unchanged = torch.from_numpy(batch.references).transpose(1, 2)
         return {
@@ -361,16 +370,22 @@ class GeneratorTrainer:
         }
 
 
-    def jitter(self, sequences: list[WindowBatch]) -> dict[str, float]:
+    def jitter(self, heldout: WindowSampler) -> dict[str, float]:
         """Mouth jitter over whole held-out clips (see :func:`~.losses.mouth_jitter`), averaged over clips, and
-        the real video's own frame-to-frame mouth motion for scale."""
+        the real video's own frame-to-frame mouth motion for scale. Clips too short for a reference window that
+        does not overlap the frames are skipped."""
         jitters, motions = [], []
-        for batch in sequences:
+        for index in range(len(heldout.clips)):
+            batch = heldout.sequence(index)
+            if batch is None:
+                continue
             output = self.predict(batch).cpu()
             frames = output.permute(0, 2, 1, 3, 4).reshape(-1, 3, 96, 96)  # windows in order, frames in order
             real = torch.from_numpy(batch.targets).permute(0, 2, 1, 3, 4).reshape(-1, 3, 96, 96)
             jitters.append(mouth_jitter(frames, real))
             motions.append(mouth_motion(real))
+        if not jitters:
+            return {}
         return {"mouth_jitter": round(float(np.mean(jitters)), 5),
                 "real_mouth_motion": round(float(np.mean(motions)), 5)}
 
@@ -401,7 +416,8 @@ class GeneratorConfig:
     steps: int = 300
     batch: int = 4
     lr: float = 1e-4
-    sync_weight: float = 0.03
+    sync_weight: float | None = None
+    """a1; None: the reference's 0.01, or 0.03 for ``gan``."""
     perceptual_weight: float = 0.05
     msssim_weight: float = 0.15
     disc_weight: float = 0.07
@@ -419,7 +435,8 @@ class GeneratorConfig:
     def weights(self) -> LossWeights:
         if self.expert is None:
             return LossWeights(0.0, 0.0, self.msssim_weight, 0.0)
-        return LossWeights(self.sync_weight, self.perceptual_weight, self.msssim_weight,
+        sync = self.sync_weight if self.sync_weight is not None else (0.03 if self.stage == "gan" else 0.01)
+        return LossWeights(sync, self.perceptual_weight, self.msssim_weight,
                            self.disc_weight if self.stage == "gan" else 0.0)
 
     def check(self) -> None:
@@ -436,6 +453,8 @@ class GeneratorConfig:
         if self.stage != "finetune" and not self.expert:
             raise InputError(f"train {self.stage} needs the lip-sync expert: pass --expert WEIGHTS",
                              hint="train one with `anchorcast train syncnet`")
+        if self.stage == "finetune" and self.clip_seconds < 1:
+            raise InputError(f"--clip-seconds must be at least 1, got {self.clip_seconds}")
         if self.stage == "finetune" and not (self.video or self.data):
             raise InputError("train finetune needs the presenter's reading video: pass --video PRESENTER.mp4")
         if self.stage != "finetune" and not self.data:
@@ -450,11 +469,11 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
                     after_step: StepCallback | None = None) -> dict[str, Any]:
     """Runs (or with ``config.resume`` continues) a generator, fine-tuning or GAN run; returns the final metrics.
 
-    Raises :class:`TrainingInterrupted` after saving when interrupted."""
+    Everything given is checked before the run folder is made; a folder made by this call is removed again if the
+    run fails before its first checkpoint. Raises :class:`TrainingInterrupted` after saving when interrupted."""
     config.check()
     out = console or Console(stderr=True)
     device, description = training_device(config.device)
-    # everything given is checked before the run folder is made
     expert = load_expert(config.expert, device) if config.expert else None
     dataset = Dataset.load(config.data) if config.data else None
     if dataset is None and config.video and not Path(config.video).expanduser().is_file():
@@ -464,6 +483,19 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
                                discriminator=config.stage == "gan",
                                betas=(0.5, 0.999) if config.stage == "gan" else (0.9, 0.999),
                                init=config.init, bf16=config.bf16)
+    folder = Path(config.out).expanduser()
+    made_here = not folder.exists()
+    try:
+        return _train(config, trainer, dataset, f"{description}{', bfloat16 autocast' if config.bf16 else ''}",
+                      out, after_step)
+    except BaseException:
+        if made_here and folder.is_dir() and not RunFolder(folder, "generator").has_checkpoint:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _train(config: GeneratorConfig, trainer: GeneratorTrainer, dataset: Dataset | None, description: str,
+           out: Console, after_step: StepCallback | None) -> dict[str, Any]:
     run = RunFolder.open(config.out, "generator", config.stage, asdict(config), resume=config.resume)
     if dataset is None:
         dataset = _prepared_video(config, run, out)
@@ -473,33 +505,33 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
                 else "add clips, e.g. `anchorcast train synth --clips 12`")
         raise InputError(f"data set {dataset.folder} has {len(dataset)} clip(s): evaluation needs at least two "
                          "(one is held out)", hint=hint)
-    run.metrics["device"] = description + (", bfloat16 autocast" if config.bf16 else "")
+    sampler = WindowSampler(train_set)
+    heldout_sampler = WindowSampler(heldout_set)
+    heldout = heldout_sampler.fixed(config.seed + 1, config.eval_windows)
+    run.metrics["device"] = description
     run.metrics["data"] = {"folder": str(dataset.folder), "train_clips": len(train_set),
                            "heldout_clips": len(heldout_set)}
     companions = _companions(trainer)
     step, extra = 0, {}
     if config.resume:
-        step, extra = run.load_checkpoint(trainer.model, trainer.optimizer, device, companions)
+        step, extra = run.load_checkpoint(trainer.model, trainer.optimizer, trainer.device, companions)
         run.metrics["steps"] = [s for s in run.metrics["steps"] if s["step"] <= step]
         run.metrics["evals"] = [e for e in run.metrics["evals"] if e["step"] <= step]
         out.print(f"resuming {run.path} after step {step}", highlight=False)
-    sampler = WindowSampler(train_set)
-    heldout = WindowSampler(heldout_set).fixed(config.seed + 1, config.eval_windows)
-    sequences = [WindowSampler(heldout_set).sequence(index) for index in range(len(heldout_set))]
     weights = config.weights
     state = {"sync_on": bool(extra.get("sync_on", False))}
     trained = "the face encoder only" if config.stage == "finetune" else "all of the generator"
-    out.print(f"{config.stage} on {run.metrics['device']}, training {trained}: {len(train_set)} training clips "
+    out.print(f"{config.stage} on {description}, training {trained}: {len(train_set)} training clips "
               f"({len(sampler.windows)} windows), {len(heldout_set)} held out ({len(heldout)} eval windows); "
               f"{config.steps} steps, batch {config.batch}; loss weights sync {weights.sync} (from eval sync loss "
               f"< {config.sync_on_below}), perceptual {weights.perceptual}, MS-SSIM {weights.msssim}"
               + (f", adversarial {weights.disc}" if config.stage == "gan" else "")
-              + ("" if expert else " (no --expert: no sync or perceptual term)"), highlight=False)
+              + ("" if trainer.expert else " (no --expert: no sync or perceptual term)"), highlight=False)
 
     def record_eval(number: int) -> dict[str, float]:
         result = trainer.evaluate(heldout, weights, state["sync_on"])
         if config.stage == "finetune":
-            result.update(trainer.jitter(sequences))
+            result.update(trainer.jitter(heldout_sampler))
         if not state["sync_on"] and weights.sync > 0 and result.get("eval_sync", np.inf) < config.sync_on_below:
             state["sync_on"] = True
             result["sync_switched_on"] = True
@@ -511,30 +543,31 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
         record_eval(0)
 
     def one_step(number: int) -> Mapping[str, float]:
-        values = trainer.step(sampler.sample(step_rng(config.seed, number), config.batch), weights, state["sync_on"])
-        if number % config.eval_every == 0 and number != config.steps:
-            result = record_eval(number)
-            values = {**values, "eval_l1": result["eval_l1"]}
-        return values
+        return trainer.step(sampler.sample(step_rng(config.seed, number), config.batch), weights, state["sync_on"])
+
+    def held_out(number: int) -> Mapping[str, float]:
+        if number % config.eval_every or number == config.steps:
+            return {}
+        return {"eval_l1": record_eval(number)["eval_l1"]}
 
     def save(number: int) -> None:
         run.save_checkpoint(trainer.model, trainer.optimizer, number, {"sync_on": state["sync_on"]}, companions)
 
     run_steps(run, label=config.stage, first=step + 1, last=config.steps, step=one_step, save=save, console=out,
-              save_every=config.save_every, after_step=after_step,
+              save_every=config.save_every, after_step=after_step, evaluate=held_out,
               record_extra=lambda number: {"sync_on": state["sync_on"]})
-    final = record_eval(config.steps) if run.metrics["evals"][-1]["step"] != config.steps else run.metrics["evals"][-1]
+    last = run.metrics["evals"][-1] if run.metrics["evals"] else None
+    final = last if last is not None and last["step"] == config.steps else record_eval(config.steps)
     _finish(run, final)
     return run.metrics
 
 
 def _prepared_video(config: GeneratorConfig, run: RunFolder, out: Console) -> Dataset:
-    """``finetune``: the presenter video prepared into ``RUN/data`` (kept there, so a resumed run does not
-    prepare it again)."""
+    """``finetune``: the presenter video prepared into ``RUN/data``; a resumed run reuses what it trained on."""
     from anchorcast_plugins.training.prepare import prepare_dataset
 
     folder = run.path / "data"
-    if (folder / "dataset.json").is_file():
+    if config.resume and (folder / "dataset.json").is_file():
         return Dataset.load(folder)
     assert config.video is not None
     video = Path(config.video).expanduser()
@@ -542,8 +575,9 @@ def _prepared_video(config: GeneratorConfig, run: RunFolder, out: Console) -> Da
     report = prepare_dataset([video], folder, speaker="presenter", max_seconds=config.clip_seconds)
     for source, reason in report.dropped:
         out.print(f"  dropped from {source}: {reason}", highlight=False)
-    run.metrics["prepared"] = {"video": str(video), "clips": len(report.dataset),
-                               "seconds": round(report.dataset.frames / 25, 2), "dropped": report.dropped}
+    run.metrics["prepared"] = {"video": str(video), "clip_seconds": config.clip_seconds,
+                               "clips": len(report.dataset), "seconds": round(report.dataset.frames / 25, 2),
+                               "dropped": report.dropped}
     return report.dataset
 
 

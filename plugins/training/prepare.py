@@ -135,7 +135,8 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
             kept.append((name, count))
         if scorer is not None:
             _drop_off_sync(writer, scorer, max_offset, dropped)
-            kept = [(name, n) for name, n in kept if any(e["source"] == name for e in writer.entries)]
+            left = [e["source"].split("#frames=")[0] for e in writer.entries]
+            kept = [(name, left.count(name)) for name, _ in kept if name in left]
         if not writer.entries:
             raise InputError("no usable clip in the videos given: "
                              + "; ".join(f"{Path(s).name}: {r}" for s, r in dropped),

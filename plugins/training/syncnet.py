@@ -360,12 +360,14 @@ def _run_stage(run: RunFolder, trainer: SyncNetTrainer, config: SyncNetConfig, s
 
     def step(number: int) -> Mapping[str, float]:
         batch = sampler.sample(step_rng(config.seed, number), config.batch // 2)
-        values = trainer.step(batch, config.margin_at(number) if margin_on else 0.0)
-        if number % config.eval_every == 0 and number != last:
-            result = evaluate(trainer, heldout, calibration)
-            run.record_eval(number, {"stage": stage, **result})
-            values = {**values, "eval_loss": result["eval_loss"], "eval_acc": result["accuracy"]}
-        return values
+        return trainer.step(batch, config.margin_at(number) if margin_on else 0.0)
+
+    def held_out(number: int) -> Mapping[str, float]:
+        if number % config.eval_every or number == last:
+            return {}
+        result = evaluate(trainer, heldout, calibration)
+        run.record_eval(number, {"stage": stage, **result})
+        return {"eval_loss": result["eval_loss"], "eval_acc": result["accuracy"]}
 
     def extra(number: int) -> dict[str, Any]:
         return {"stage": stage, **({"margin": round(config.margin_at(number), 5)} if margin_on else {})}
@@ -375,7 +377,7 @@ def _run_stage(run: RunFolder, trainer: SyncNetTrainer, config: SyncNetConfig, s
 
     label = f"stage {stage}/{config.stages}" if config.stages == 3 else "syncnet"
     run_steps(run, label=label, first=first, last=last, step=step, save=save, console=out,
-              save_every=config.save_every, after_step=after_step, record_extra=extra)
+              save_every=config.save_every, after_step=after_step, record_extra=extra, evaluate=held_out)
 
 
 def _make_filter(run: RunFolder, trainer: SyncNetTrainer, sampler: PairSampler, config: SyncNetConfig,
