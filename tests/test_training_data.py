@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from anchorcast.errors import InputError
 from anchorcast_plugins.training.cli_args import configure_prepare, configure_synth, configure_train, run_train
@@ -22,6 +21,7 @@ from anchorcast_plugins.training.dataset import (
 from anchorcast_plugins.training.prepare import prepare_dataset
 from anchorcast_plugins.training.synth import SPEAKERS, SyntheticTalker, make_synthetic_dataset
 from tests.mp4 import write_video
+from tests.sync_stand_in import BrightnessExpert, clip_with_delay, write_delayed_clips
 
 
 @pytest.fixture(scope="module")
@@ -229,45 +229,12 @@ def test_train_command_runs_synth(tmp_path: Path) -> None:
     assert len(dataset) == 2 and dataset.speakers == [SPEAKERS[0].name]
 
 
-class _BrightnessExpert(torch.nn.Module):
-    """A stand-in expert whose embeddings are the centred per-frame lower-face brightness of a five-frame window
-    and the centred loudness of a mel window in five steps: in sync exactly when loudness follows brightness."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.face_encoder = _Centred(lambda x: x.view(len(x), 5, 3, 48, 96).mean(dim=(2, 3, 4)))
-        self.audio_encoder = _Centred(
-            lambda m: torch.nn.functional.adaptive_avg_pool1d(m.mean(dim=2), 5).view(len(m), 5))
-
-
-class _Centred(torch.nn.Module):
-    def __init__(self, reduce) -> None:
-        super().__init__()
-        self.reduce = reduce
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values = self.reduce(x)
-        return (values - values.mean(dim=1, keepdim=True))[:, :, None, None]
-
-
-def _clip_with_delay(frames: int, delay: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Faces whose lower half flickers at random and a mel whose loudness follows it ``delay`` frames later."""
-    rng = np.random.default_rng(seed)
-    brightness = rng.random(frames + 20)
-    faces = np.zeros((frames, 96, 96, 3), np.uint8)
-    faces[:, 48:] = (brightness[:frames, None, None, None] * 255).astype(np.uint8)
-    columns = 1 + frames * 640 // 200
-    frame_of_column = np.arange(columns) * 25 // 80
-    mel = np.repeat(brightness[np.clip(frame_of_column - delay, 0, None)][None, :], 80, axis=0)
-    return faces, mel.astype(np.float32)
-
-
 @pytest.mark.parametrize("delay", [0, 3, -4])
 def test_the_expert_finds_a_clips_audio_offset(delay: int) -> None:
-    from anchorcast_plugins.training.prepare import sync_offset
+    from anchorcast_plugins.training.offsets import sync_offset
 
-    faces, mel = _clip_with_delay(60, delay, seed=abs(delay))
-    best, at_best, at_zero = sync_offset(_BrightnessExpert(), faces, mel)
+    faces, mel = clip_with_delay(60, delay, seed=abs(delay))
+    best, at_best, at_zero = sync_offset(BrightnessExpert(), faces, mel)
     assert best == delay and at_best > 0.75
     assert at_zero == at_best if delay == 0 else at_zero < at_best - 0.5
 
@@ -276,13 +243,9 @@ def test_prepare_with_an_expert_drops_off_sync_clips(tmp_path: Path) -> None:
     from anchorcast_plugins.training.prepare import _drop_off_sync
 
     with DatasetWriter(tmp_path / "set") as writer:
-        for name, delay in (("in-sync", 1), ("late", 5)):
-            faces, mel = _clip_with_delay(50, delay, seed=7)
-            entry = writer.add(name, "anna", faces, np.zeros(50 * 640, np.float32), f"{name}.mp4")
-            np.save(writer.partial / "clips" / name / "mel.npy", mel)
-            assert entry["id"] == name
+        write_delayed_clips(writer, {"in-sync": 1, "late": 5}, frames=50, seed=7)
         dropped: list[tuple[str, str]] = []
-        _drop_off_sync(writer, _BrightnessExpert(), 2, dropped)
+        _drop_off_sync(writer, BrightnessExpert(), 2, dropped)
         dataset = writer.finish()
     assert [c.id for c in dataset.clips] == ["in-sync"]
     assert dataset.info["clips"][0]["sync"]["best_offset"] == 1

@@ -20,9 +20,12 @@ from anchorcast_plugins.training.syncnet import (
     SyncNetConfig,
     SyncNetTrainer,
     best_threshold,
+    clip_shifts,
+    evaluate_clips,
     train_syncnet,
 )
 from anchorcast_plugins.training.synth import make_synthetic_dataset
+from tests.sync_stand_in import BrightnessExpert, delayed_dataset
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,28 @@ def test_best_threshold_separates_when_it_can() -> None:
     assert 0.55 <= threshold < 0.6
 
 
+def test_whole_clip_evaluation_tells_in_sync_clips_from_shifted_ones(tmp_path: Path) -> None:
+    calibration = delayed_dataset(tmp_path / "calibration", {f"c{k}": 0 for k in range(3)}, frames=60, seed=10)
+    heldout = delayed_dataset(tmp_path / "heldout", {f"h{k}": 0 for k in range(4)}, frames=60, seed=20)
+    result = evaluate_clips(BrightnessExpert(), heldout, calibration, shift_min=5)
+    assert clip_shifts(5) == (5, -5, 10, -10, 15, -15)
+    assert result["clips"] == 4 and result["clip_pairs"] == 4 * 6
+    assert result["clip_accuracy"] == 1.0 and result["clip_pair_accuracy"] == 1.0
+    assert result["clip_accuracy_by_shift"] == {"5": 1.0, "10": 1.0, "15": 1.0}
+
+    # clips whose audio is really 10 frames late: the "shifted by 10" copy is the one in sync
+    late = delayed_dataset(tmp_path / "late", {f"l{k}": 10 for k in range(4)}, frames=60, seed=30)
+    judged = evaluate_clips(BrightnessExpert(), late, calibration, shift_min=5)
+    assert judged["clip_accuracy"] < 0.75 and judged["clip_pair_accuracy"] <= 5 / 6
+    assert judged["clip_accuracy_by_shift"]["10"] <= 0.5
+
+
+def test_whole_clip_evaluation_skips_clips_too_short_to_shift(tmp_path: Path) -> None:
+    calibration = delayed_dataset(tmp_path / "calibration", {"c": 0}, frames=60)
+    short = delayed_dataset(tmp_path / "short", {"s": 0}, frames=8)
+    assert evaluate_clips(BrightnessExpert(), short, calibration, shift_min=5) == {}
+
+
 @pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(tiny: Dataset) -> None:
     trainer = SyncNetTrainer("cpu", lr=1e-4, seed=0)
@@ -79,8 +104,10 @@ def test_three_stages_end_to_end_then_import_and_resume(tiny: Dataset, tmp_path:
     assert all("margin_loss" in s for s in written["steps"] if s["stage"] == 2)
     filtered = written["filter"]
     assert 0 < filtered["kept"] <= filtered["windows"] and written["stages"][2]["windows"] == filtered["kept"]
-    for key in ("eval_loss", "accuracy", "pair_accuracy", "threshold"):
+    for key in ("eval_loss", "accuracy", "pair_accuracy", "threshold", "clip_accuracy", "clip_pair_accuracy"):
         assert written["final"][key] >= 0 and np.isfinite(written["final"][key])
+    for stage in written["stages"]:
+        assert stage["clips"] == written["data"]["heldout_clips"] and set(stage["clip_accuracy_by_shift"]) <= {"5", "10", "15"}
     assert written["final"] == metrics["final"] and written["seconds_per_step"] > 0
 
     from anchorcast_plugins.wav2lip.weights_store import import_weights

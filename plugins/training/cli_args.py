@@ -89,6 +89,9 @@ def configure_syncnet(parser: argparse.ArgumentParser) -> None:
                         help=f"evaluate on held-out pairs every N steps ({defaults.eval_every})")
     parser.add_argument("--eval-pairs", type=int, default=defaults.eval_pairs,
                         help=f"held-out pairs to evaluate on ({defaults.eval_pairs})")
+    parser.add_argument("--eval-clips", type=int, default=defaults.eval_clips,
+                        help="held-out clips in the whole-clip evaluation at the end of each stage "
+                             f"({defaults.eval_clips})")
     parser.add_argument("--heldout", type=float, default=defaults.heldout,
                         help=f"fraction of clips held out ({defaults.heldout})")
     parser.add_argument("--save-every", type=int, default=defaults.save_every,

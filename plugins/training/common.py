@@ -254,13 +254,15 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def training_device(request: str = "auto") -> tuple[str, str]:
-    """``(torch device, description)`` for ``--device`` (auto: MLU, then CUDA, then CPU). Training runs in float32
-    everywhere, whatever precision the engine would use for inference on that device."""
+def training_device(request: str = "auto", bf16: bool = False) -> tuple[str, str]:
+    """``(torch device, description)`` for ``--device`` (auto: MLU, then CUDA, then CPU). Training keeps float32
+    weights everywhere, whatever precision the engine would use for inference on that device; ``bf16`` (the
+    ``--bf16`` autocast) is named in the description."""
     from anchorcast_plugins.wav2lip.devices import select_device
 
     choice = select_device(request)
-    return choice.device, choice.description.rsplit(",", 1)[0] + ", float32"
+    precision = "float32 weights, bfloat16 autocast" if bf16 else "float32"
+    return choice.device, choice.description.rsplit(",", 1)[0] + ", " + precision
 
 
 def mixed_precision(device: str, enabled: bool) -> contextlib.AbstractContextManager[Any]:

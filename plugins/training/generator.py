@@ -473,7 +473,7 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
     run fails before its first checkpoint. Raises :class:`TrainingInterrupted` after saving when interrupted."""
     config.check()
     out = console or Console(stderr=True)
-    device, description = training_device(config.device)
+    device, description = training_device(config.device, config.bf16)
     expert = load_expert(config.expert, device) if config.expert else None
     dataset = Dataset.load(config.data) if config.data else None
     if dataset is None and config.video and not Path(config.video).expanduser().is_file():

@@ -39,8 +39,6 @@ from anchorcast_plugins.training.dataset import (
 
 DEFAULT_MAX_OFFSET = 2
 """With an expert, clips whose best audio offset is further than this many frames from zero are off-sync."""
-OFFSET_SEARCH = 8
-"""Audio offsets searched, in frames either way (±320 ms)."""
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg"})
 REGION_MARGIN = 0.25
@@ -93,8 +91,9 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
                     max_offset: int = DEFAULT_MAX_OFFSET) -> PrepareReport:
     """Writes the data set ``out`` from ``videos`` (files or folders) and reports what was kept and dropped.
 
-    With ``expert`` (a syncnet weights name or file) every clip is checked by :func:`sync_offset` and dropped
-    when the expert's best audio offset is more than ``max_offset`` frames from zero.
+    With ``expert`` (a syncnet weights name or file) every clip is checked by
+    :func:`~anchorcast_plugins.training.offsets.sync_offset` and dropped when the expert's best audio offset is
+    more than ``max_offset`` frames from zero.
 
     Speakers are ``speaker`` when given, else each video's parent folder name. Raises InputError when no video
     gives a single clip (naming why each was dropped) or an option is out of range.
@@ -146,40 +145,6 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
     return PrepareReport(dataset, kept, dropped, time.perf_counter() - started)
 
 
-def sync_offset(expert: Any, faces: npt.NDArray[np.uint8], mel: npt.NDArray[np.float32],
-                search: int = OFFSET_SEARCH) -> tuple[int, float, float]:
-    """The audio offset (frames, within ``±search``) at which the expert finds a clip most in sync: for every
-    offset, the mean cosine similarity of each five-frame window with the sync window ``offset`` frames later.
-    Returns ``(best offset, its similarity, the similarity at offset 0)``."""
-    import torch
-
-    from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, lower_halves, mel_start
-
-    frames = len(faces)
-    columns = mel.shape[1]
-    last = min(frames - SYNC_FRAMES, (25 * (columns - MEL_STEP + 1) - 1) // 80)
-    starts = np.arange(0, last + 1)
-    if len(starts) == 0:
-        return 0, 0.0, 0.0
-    with torch.no_grad():
-        windows = torch.from_numpy(np.stack([lower_halves(faces[t : t + SYNC_FRAMES]) for t in starts]))
-        face_embeddings = torch.cat([expert.face_encoder(windows[i : i + 64]).flatten(1)
-                                     for i in range(0, len(windows), 64)])
-        face_embeddings = torch.nn.functional.normalize(face_embeddings, dim=1)
-        mels = torch.from_numpy(np.stack([mel[None, :, mel_start(t) : mel_start(t) + MEL_STEP] for t in starts]))
-        audio_embeddings = torch.cat([expert.audio_encoder(mels[i : i + 64]).flatten(1)
-                                      for i in range(0, len(mels), 64)])
-        audio_embeddings = torch.nn.functional.normalize(audio_embeddings, dim=1)
-    scores: dict[int, float] = {}
-    for offset in range(-search, search + 1):
-        valid = (starts + offset >= 0) & (starts + offset <= last)
-        if valid.sum() >= max(1, len(starts) // 4):
-            faces_at, audio_at = face_embeddings[valid], audio_embeddings[starts[valid] + offset]
-            scores[offset] = float((faces_at * audio_at).sum(1).mean())
-    best = max(scores, key=lambda o: (scores[o], -abs(o)))
-    return best, scores[best], scores.get(0, 0.0)
-
-
 def _load_scorer(expert: str) -> Any:
     from anchorcast_plugins.training.generator import load_expert
 
@@ -187,6 +152,8 @@ def _load_scorer(expert: str) -> Any:
 
 
 def _drop_off_sync(writer: DatasetWriter, expert: Any, max_offset: int, dropped: list[tuple[str, str]]) -> None:
+    from anchorcast_plugins.training.offsets import sync_offset
+
     for entry in list(writer.entries):
         folder = writer.partial / CLIPS_DIR / entry["id"]
         faces = np.load(folder / FACES_FILE, mmap_mode="r")

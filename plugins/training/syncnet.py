@@ -20,7 +20,10 @@ Curriculum (``--stages 3``), each stage ``--steps`` steps, global step numbers r
 Evaluation (every ``--eval-every`` steps and at the end of every stage) uses a fixed set of matched pairs from
 the held-out clips: ``eval_loss`` (BCE), ``pair_accuracy`` (the fraction of pairs whose in-sync similarity is above
 its shifted twin's) and ``accuracy`` (the fraction of held-out samples classified right by a similarity threshold
-chosen on training-split pairs).
+chosen on training-split pairs). These judge single five-frame windows. At the end of every stage the expert
+also judges whole held-out clips (:func:`evaluate_clips`): each clip in sync against the same clip with its audio
+shifted by 1, 2 and 3 times ``--shift-min`` frames either way, scored by the mean similarity over the clip, as
+``prepare --expert`` judges a clip.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from anchorcast_plugins.training.common import (
     training_device,
 )
 from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, Dataset, lower_halves, mel_start
+from anchorcast_plugins.training.offsets import ClipEmbeddings
 
 STAGE_NAMES = ("all", "margin", "filtered")
 FILTER_FILE = "filtered.json"
@@ -77,6 +81,8 @@ class SyncNetConfig:
     min_keep: float = 0.5
     eval_every: int = 50
     eval_pairs: int = 64
+    eval_clips: int = 64
+    """Held-out clips (and as many training clips, for the threshold) in the clip-level evaluation."""
     heldout: float = 0.2
     save_every: int = 50
     seed: int = 0
@@ -87,7 +93,8 @@ class SyncNetConfig:
     def check(self) -> None:
         if self.stages not in (1, 3):
             raise InputError(f"--stages must be 1 or 3, got {self.stages}")
-        for name in ("steps", "batch", "margin_every", "eval_every", "eval_pairs", "save_every", "shift_min"):
+        for name in ("steps", "batch", "margin_every", "eval_every", "eval_pairs", "eval_clips", "save_every",
+                     "shift_min"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.batch < 2 or self.batch % 2:
@@ -264,6 +271,66 @@ def evaluate(trainer: SyncNetTrainer, heldout: PairBatch, calibration: PairBatch
     }
 
 
+def clip_shifts(shift_min: int) -> tuple[int, ...]:
+    """The audio shifts a held-out clip is compared against: 1, 2 and 3 times ``shift_min``, late and early."""
+    return tuple(sign * k * shift_min for k in (1, 2, 3) for sign in (1, -1))
+
+
+@dataclass(frozen=True)
+class ClipPairs:
+    """Matched arrays, one row per (clip, shift): the clip's score in sync and with the audio shifted (over the
+    same face windows), the shift and the clip's index in its data set."""
+
+    positives: npt.NDArray[np.float32]
+    negatives: npt.NDArray[np.float32]
+    shifts: npt.NDArray[np.int64]
+    clips: npt.NDArray[np.int64]
+
+
+def clip_pairs(model: torch.nn.Module, dataset: Dataset, shifts: tuple[int, ...], device: str = "cpu",
+               bf16: bool = False) -> ClipPairs:
+    """Every clip of ``dataset`` at every shift that leaves a quarter of its windows, scored over those windows
+    with their own audio and with the shifted audio."""
+    rows: list[tuple[float, float, int, int]] = []
+    for index, clip in enumerate(dataset.clips):
+        embeddings = ClipEmbeddings.of(model, clip.faces, clip.mel, device, bf16)
+        floor = max(1, embeddings.starts // 4)
+        for shift in shifts:
+            pair = embeddings.pair(shift, floor)
+            if pair is not None:
+                rows.append((pair[0], pair[1], shift, index))
+    table = np.array(rows, np.float64).reshape(-1, 4)
+    return ClipPairs(table[:, 0].astype(np.float32), table[:, 1].astype(np.float32), table[:, 2].astype(np.int64),
+                     table[:, 3].astype(np.int64))
+
+
+def evaluate_clips(model: torch.nn.Module, heldout: Dataset, calibration: Dataset, shift_min: int,
+                   device: str = "cpu", bf16: bool = False) -> dict[str, Any]:
+    """Clip-level off-sync detection: each held-out clip, in sync and with its whole audio shifted by each of
+    :func:`clip_shifts`, is scored by its mean window similarity and classified by a threshold chosen the same
+    way on ``calibration`` (training) clips. ``clip_accuracy`` counts both members of every (in sync, shifted)
+    pair, so the classes weigh equally; ``clip_pair_accuracy`` is the fraction of pairs whose in-sync score is the
+    higher; ``clip_accuracy_by_shift`` splits the accuracy by the size of the shift. Empty when no clip is long
+    enough for a shift."""
+    shifts = clip_shifts(shift_min)
+    calibrating = clip_pairs(model, calibration, shifts, device, bf16)
+    held = clip_pairs(model, heldout, shifts, device, bf16)
+    if len(held.positives) == 0 or len(calibrating.positives) == 0:
+        return {}
+    threshold = best_threshold(calibrating.positives, calibrating.negatives)
+    right = (held.positives > threshold).astype(np.float64) + (held.negatives <= threshold)
+    sizes = np.abs(held.shifts)
+    return {
+        "clip_accuracy": round(float(right.mean() / 2), 5),
+        "clip_pair_accuracy": round(float((held.positives > held.negatives).mean()), 5),
+        "clip_accuracy_by_shift": {str(size): round(float(right[sizes == size].mean() / 2), 5)
+                                   for size in sorted(set(sizes.tolist()))},
+        "clip_threshold": round(threshold, 5),
+        "clips": len(set(held.clips.tolist())),
+        "clip_pairs": len(held.positives),
+    }
+
+
 def filter_windows(trainer: SyncNetTrainer, sampler: PairSampler, threshold: float, min_keep: float,
                    chunk: int = 32) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
     """The training windows whose in-sync similarity is at least ``threshold`` (at least ``min_keep`` of them,
@@ -307,7 +374,7 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
     if len(heldout_set) == 0:
         raise InputError(f"data set {dataset.folder} has {len(dataset)} clip(s): evaluation needs at least two "
                          "(one is held out)", hint="add clips, e.g. `anchorcast train synth --clips 12`")
-    device, description = training_device(config.device)
+    device, description = training_device(config.device, config.bf16)
     run = RunFolder.open(config.out, "syncnet", "syncnet", asdict(config), resume=config.resume)
     run.metrics["device"] = description
     run.metrics["data"] = {"folder": str(dataset.folder), "train_clips": len(train_set),
@@ -323,6 +390,8 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
     sampler = PairSampler(train_set, config.shift_min)
     heldout = PairSampler(heldout_set, config.shift_min).fixed(config.seed + 1, config.eval_pairs)
     calibration = sampler.fixed(config.seed + 2, config.eval_pairs)
+    clip_heldout = _some_clips(heldout_set, config.eval_clips, config.seed + 1)
+    clip_calibration = _some_clips(train_set, config.eval_clips, config.seed + 2)
     out.print(f"SyncNet expert on {description}: {len(train_set)} training clips ({len(sampler.windows)} windows), "
               f"{len(heldout_set)} held out ({len(heldout.faces)} eval pairs); {config.stages} stage(s) of "
               f"{config.steps} steps, batch {config.batch}", highlight=False)
@@ -339,6 +408,8 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
                        calibration, out, after_step)
             step = last
             result = evaluate(trainer, heldout, calibration)
+            result.update(evaluate_clips(trainer.model, clip_heldout, clip_calibration, config.shift_min, device,
+                                         config.bf16))
             run.record_eval(last, {"stage": stage, **result})
             entry = {"stage": stage, "name": STAGE_NAMES[stage - 1] if config.stages == 3 else "all",
                      "first_step": first, "last_step": last, "windows": len(stage_sampler.windows), **result}
@@ -346,11 +417,19 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
             run.save_metrics()
             _print_eval(out, f"stage {stage} ({entry['name']})", result)
     final = run.metrics["evals"][-1] if run.metrics["evals"] else evaluate(trainer, heldout, calibration)
-    run.metrics["final"] = {k: final[k] for k in ("eval_loss", "pair_accuracy", "accuracy", "threshold")}
+    run.metrics["final"] = {k: final[k] for k in ("eval_loss", "pair_accuracy", "accuracy", "threshold",
+                                                  "clip_accuracy", "clip_pair_accuracy", "clip_accuracy_by_shift")
+                            if k in final}
     run.metrics["finished"] = True
     run.metrics.pop("interrupted_at_step", None)
     run.save_metrics()
     return run.metrics
+
+
+def _some_clips(dataset: Dataset, count: int, seed: int) -> Dataset:
+    """Up to ``count`` clips of ``dataset``, the same ones for the same seed."""
+    order = np.random.default_rng(seed).permutation(len(dataset.clips))[:count]
+    return dataset.subset([dataset.clips[int(i)].id for i in sorted(order)])
 
 
 def _run_stage(run: RunFolder, trainer: SyncNetTrainer, config: SyncNetConfig, stage: int, first: int, last: int,
@@ -402,6 +481,11 @@ def _print_eval(out: Console, title: str, result: Mapping[str, Any]) -> None:
     out.print(f"[bold]{title}[/]: eval loss {result['eval_loss']:.4f}, off-sync detection accuracy "
               f"{result['accuracy']:.1%} (threshold {result['threshold']:.3f} chosen on training pairs), "
               f"pair accuracy {result['pair_accuracy']:.1%} on {result['pairs']} held-out pairs", highlight=False)
+    if "clip_accuracy" in result:
+        by_shift = ", ".join(f"±{size}: {value:.1%}" for size, value in result["clip_accuracy_by_shift"].items())
+        out.print(f"  whole clips: off-sync detection accuracy {result['clip_accuracy']:.1%} ({by_shift} frames), "
+                  f"pair accuracy {result['clip_pair_accuracy']:.1%} on {result['clips']} held-out clips",
+                  highlight=False)
 
 
 # --- CLI --------------------------------------------------------------------------------------------------
@@ -431,12 +515,13 @@ def run_syncnet(host: Any, args: argparse.Namespace) -> int:
                       "command and --resume", highlight=False)
         return 130
     table = Table(title=f"SyncNet run {config.out}", header_style="bold")
-    for column in ("stage", "steps", "windows", "eval loss", "accuracy", "pair accuracy"):
+    for column in ("stage", "steps", "windows", "eval loss", "accuracy", "pair accuracy", "clip accuracy"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for stage in metrics.get("stages", []):
         table.add_row(f"{stage['stage']} {stage['name']}", f"{stage['first_step']}-{stage['last_step']}",
                       str(stage["windows"]), f"{stage['eval_loss']:.4f}", f"{stage['accuracy']:.1%}",
-                      f"{stage['pair_accuracy']:.1%}")
+                      f"{stage['pair_accuracy']:.1%}",
+                      f"{stage['clip_accuracy']:.1%}" if "clip_accuracy" in stage else "-")
     console.print(table)
     console.print(f"weights: {Path(config.out) / 'syncnet.safetensors'} (import with `anchorcast weights import`); "
                   f"{metrics.get('seconds_per_step', 0):.2f} s/step; took {time.perf_counter() - started:.0f} s",
