@@ -159,3 +159,22 @@ def test_cli_parses_and_refuses_bad_options(tiny: Dataset, tmp_path: Path) -> No
     single = make_synthetic_dataset(tmp_path / "one", clips=1, seconds=0.8, seed=0, speakers=1)
     with pytest.raises(InputError, match="at least two"):
         train_syncnet(config(single, tmp_path / "r1"))
+
+
+@pytest.mark.parametrize("names", [("SyncNetDefaults", "syncnet", "SyncNetConfig"),
+                                   ("GeneratorDefaults", "generator", "GeneratorConfig")])
+def test_cli_defaults_match_the_configs(names: tuple[str, str, str]) -> None:
+    import dataclasses
+    import importlib
+
+    from anchorcast_plugins.training import cli_args
+
+    defaults = getattr(cli_args, names[0])
+    fields = {f.name: f.default for f in dataclasses.fields(
+        getattr(importlib.import_module(f"anchorcast_plugins.training.{names[1]}"), names[2]))}
+    given = {name: value for name, value in vars(defaults).items() if not name.startswith("_")}
+    assert given and all(fields[name] == value for name, value in given.items()), given
+    # flags (store_true) and options without a default need no entry
+    missing = {name for name, value in fields.items() if name not in given and value not in (dataclasses.MISSING,
+               None, False) and name != "stage"}
+    assert not missing, missing

@@ -57,6 +57,7 @@ class SyncNetDefaults:
     min_keep = 0.5
     eval_every = 50
     eval_pairs = 64
+    eval_clips = 64
     heldout = 0.2
     save_every = 50
     seed = 0
@@ -117,6 +118,7 @@ class GeneratorDefaults:
     save_every = 50
     clip_seconds = 4.0
     seed = 0
+    device = "auto"
 
 
 def configure_generator(parser: argparse.ArgumentParser, stage: str) -> None:
@@ -162,7 +164,7 @@ def configure_generator(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--save-every", type=int, default=defaults.save_every,
                         help=f"checkpoint every N steps ({defaults.save_every})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed ({defaults.seed})")
-    add_common_options(parser)
+    add_common_options(parser, defaults.device)
 
 
 def add_common_options(parser: argparse.ArgumentParser, device: str = "auto") -> None:
