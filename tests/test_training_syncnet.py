@@ -178,3 +178,12 @@ def test_cli_defaults_match_the_configs(names: tuple[str, str, str]) -> None:
     missing = {name for name, value in fields.items() if name not in given and value not in (dataclasses.MISSING,
                None, False) and name != "stage"}
     assert not missing, missing
+
+
+def test_the_training_device_names_its_precision() -> None:
+    from anchorcast_plugins.training.common import training_device
+
+    device, plain = training_device("cpu")
+    _, mixed = training_device("cpu", bf16=True)
+    assert device == "cpu" and plain.endswith(", float32") and "bfloat16" not in plain
+    assert mixed.count("bfloat16 autocast") == 1 and "float32 weights" in mixed

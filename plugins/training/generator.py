@@ -486,8 +486,7 @@ def train_generator(config: GeneratorConfig, console: Console | None = None,
     folder = Path(config.out).expanduser()
     made_here = not folder.exists()
     try:
-        return _train(config, trainer, dataset, f"{description}{', bfloat16 autocast' if config.bf16 else ''}",
-                      out, after_step)
+        return _train(config, trainer, dataset, description, out, after_step)
     except BaseException:
         if made_here and folder.is_dir() and not RunFolder(folder, "generator").has_checkpoint:
             shutil.rmtree(folder, ignore_errors=True)
