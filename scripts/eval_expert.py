@@ -23,13 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from anchorcast.errors import InputError
 from anchorcast_plugins.training.dataset import Dataset
-from anchorcast_plugins.training.syncnet import PairSampler, SyncNetTrainer, evaluate, evaluate_clips
+from anchorcast_plugins.training.syncnet import PairSampler, SyncNetTrainer, evaluate, evaluate_clips, some_clips
 
 
 def split(dataset: Dataset, run: Path | None, heldout: float, seed: int) -> tuple[Dataset, Dataset, str]:
@@ -67,11 +66,8 @@ def main() -> int:
         return 2
     run = args.run or (Path(args.expert).parent if Path(args.expert).is_file() else None)
     train, held_out, how = split(dataset, run, args.heldout, args.seed)
-    rng = np.random.default_rng(args.seed)
-    held_clips = held_out.subset([held_out.clips[int(i)].id for i in
-                                  rng.permutation(len(held_out.clips))[: args.clips]])
-    calibration_clips = train.subset([train.clips[int(i)].id for i in
-                                      rng.permutation(len(train.clips))[: args.clips]])
+    held_clips = some_clips(held_out, args.clips, args.seed + 1)
+    calibration_clips = some_clips(train, args.clips, args.seed + 2)
 
     trainer = SyncNetTrainer(args.device)
     trainer.model = expert

@@ -53,6 +53,18 @@ def mel_start(frame: int) -> int:
     return frame * MEL_COLUMNS_PER_SECOND // FPS
 
 
+def last_start_by_mel(columns: int) -> int:
+    """The last start ``t`` whose mel window fits in ``columns`` mel columns (-1: none does)."""
+    # mel_start(t) + 16 <= columns  <=>  80 t < 25 (columns - 15)
+    return (FPS * (columns - MEL_STEP + 1) - 1) // MEL_COLUMNS_PER_SECOND if columns >= MEL_STEP else -1
+
+
+def sync_start_count(frames: int, columns: int) -> int:
+    """How many five-frame starts ``t`` a clip of ``frames`` frames and ``columns`` mel columns has with both their
+    frames and a full mel window."""
+    return max(0, min(frames - SYNC_FRAMES, last_start_by_mel(columns)) + 1)
+
+
 def clip_id(text: str) -> str:
     """``text`` made safe as a clip id (a folder name): letters, digits, ``_ . -``."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "clip"
@@ -90,10 +102,7 @@ class Clip:
     @cached_property
     def sync_starts(self) -> int:
         """How many five-frame starts ``t`` have both their frames and a full mel window in this clip."""
-        columns = self.mel.shape[1]
-        # mel_start(t) + 16 <= columns  <=>  80 t < 25 (columns - 15)
-        last_by_mel = (25 * (columns - MEL_STEP + 1) - 1) // MEL_COLUMNS_PER_SECOND if columns >= MEL_STEP else -1
-        return max(0, min(self.frames - SYNC_FRAMES, last_by_mel) + 1)
+        return sync_start_count(self.frames, self.mel.shape[1])
 
     def info(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"id": self.id, "speaker": self.speaker, "frames": self.frames,

@@ -54,7 +54,7 @@ from anchorcast_plugins.training.common import (
     step_rng,
     training_device,
 )
-from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, Clip, Dataset, mel_start
+from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, Clip, Dataset, last_start_by_mel, mel_start
 from anchorcast_plugins.training.losses import (
     ExpertFeatures,
     frames_to_windows,
@@ -118,8 +118,7 @@ class WindowBatch:
 
 def window_starts(clip: Clip) -> range:
     """The starts ``t`` whose five frames, own mel windows and sync window all lie inside ``clip``."""
-    columns = clip.mel.shape[1]
-    last_by_mel = (25 * (columns - MEL_STEP + 1) - 1) // 80 if columns >= MEL_STEP else -1
+    last_by_mel = last_start_by_mel(clip.mel.shape[1])
     # frame t + 4's own window starts at t + 4 - CENTRE_OFFSET and must end inside the mel, as must the sync window
     return range(CENTRE_OFFSET, min(clip.frames - SYNC_FRAMES, last_by_mel - (SYNC_FRAMES - 1 - CENTRE_OFFSET),
                                     last_by_mel) + 1)

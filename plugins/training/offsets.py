@@ -9,24 +9,18 @@ exist. Embeddings are computed once per window, so scoring many offsets costs on
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from anchorcast_plugins.training.common import mixed_precision
-from anchorcast_plugins.training.dataset import (
-    FPS,
-    MEL_COLUMNS_PER_SECOND,
-    MEL_STEP,
-    SYNC_FRAMES,
-    lower_halves,
-    mel_start,
-)
+from anchorcast_plugins.training.common import evaluation, mixed_precision
+from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, lower_halves, mel_start, sync_start_count
 
 OFFSET_SEARCH = 8
 """Frames searched either side of 0 by :func:`sync_offset`."""
+MIN_FRACTION = 0.25
+"""An offset is scored only where at least this fraction of the clip's windows have audio that far away."""
 CHUNK = 64
 
 
@@ -43,58 +37,49 @@ class ClipEmbeddings:
         return len(self.faces)
 
     @classmethod
-    def of(cls, expert: Any, faces: npt.NDArray[np.uint8], mel: npt.NDArray[np.float32], device: str = "cpu",
-           bf16: bool = False) -> ClipEmbeddings:
+    def of(cls, expert: torch.nn.Module, faces: npt.NDArray[np.uint8], mel: npt.NDArray[np.float32],
+           device: str = "cpu", bf16: bool = False) -> ClipEmbeddings:
         """Embeds a clip's (N,96,96,3) BGR crops and its (80, columns) mel with ``expert`` (a SyncNet: any module
         with ``face_encoder`` and ``audio_encoder``), in eval mode and without gradients."""
-        columns = mel.shape[1]
-        last = min(len(faces) - SYNC_FRAMES, (FPS * (columns - MEL_STEP + 1) - 1) // MEL_COLUMNS_PER_SECOND)
-        starts = range(0, last + 1)
-        if last < 0:
+        starts = range(sync_start_count(len(faces), mel.shape[1]))
+        if not starts:
             empty = torch.zeros(0, 1)
             return cls(empty, empty)
-        was_training = getattr(expert, "training", False)
-        if hasattr(expert, "eval"):
-            expert.eval()
-        try:
-            with torch.no_grad(), mixed_precision(device, bf16):
-                face_windows = [lower_halves(faces[t : t + SYNC_FRAMES]) for t in starts]
-                mel_windows = [mel[None, :, mel_start(t) : mel_start(t) + MEL_STEP] for t in starts]
-                face_embeddings = _embed(expert.face_encoder, face_windows, device)
-                audio_embeddings = _embed(expert.audio_encoder, mel_windows, device)
-        finally:
-            if hasattr(expert, "train"):
-                expert.train(was_training)
-        return cls(face_embeddings, audio_embeddings)
+        with evaluation(expert), mixed_precision(device, bf16):
+            face_windows = [lower_halves(faces[t : t + SYNC_FRAMES]) for t in starts]
+            mel_windows = [mel[None, :, mel_start(t) : mel_start(t) + MEL_STEP] for t in starts]
+            return cls(_embed(expert.face_encoder, face_windows, device),
+                       _embed(expert.audio_encoder, mel_windows, device))
 
-    def score(self, offset: int, min_windows: int = 1) -> float | None:
-        """The clip's mean similarity with the audio ``offset`` frames late, or None where fewer than
-        ``min_windows`` starts have both a face window and an audio window that far apart."""
+    def _span(self, offset: int, min_fraction: float) -> tuple[int, int] | None:
+        """``(first, last)``: the face-window starts that have audio ``offset`` frames late, or None when they are
+        fewer than ``min_fraction`` of the clip's windows (and at least one)."""
         first, last = max(0, -offset), min(self.starts, self.starts - offset)
-        if last - first < max(1, min_windows):
-            return None
+        return (first, last) if last - first >= max(1, int(self.starts * min_fraction)) else None
+
+    def _mean_similarity(self, first: int, last: int, offset: int) -> float:
         faces, audio = self.faces[first:last], self.audio[first + offset : last + offset]
         return float((faces * audio).sum(dim=1).mean())
 
-    def pair(self, offset: int, min_windows: int = 1) -> tuple[float, float] | None:
-        """``(in sync, shifted)``: the mean similarity of the face windows that have audio ``offset`` frames late,
-        with their own audio and with that audio; None as for :meth:`score`."""
-        first, last = max(0, -offset), min(self.starts, self.starts - offset)
-        if last - first < max(1, min_windows):
-            return None
-        faces = self.faces[first:last]
-        in_sync = (faces * self.audio[first:last]).sum(dim=1).mean()
-        shifted = (faces * self.audio[first + offset : last + offset]).sum(dim=1).mean()
-        return float(in_sync), float(shifted)
+    def score(self, offset: int, min_fraction: float = MIN_FRACTION) -> float | None:
+        """The clip's mean similarity with the audio ``offset`` frames late (None: too few windows, see
+        :meth:`_span`)."""
+        span = self._span(offset, min_fraction)
+        return None if span is None else self._mean_similarity(*span, offset)
 
-    def scores(self, offsets: Iterable[int], min_fraction: float = 0.25) -> dict[int, float]:
-        """:meth:`score` at each offset that leaves at least ``min_fraction`` of the clip's windows."""
-        floor = max(1, int(self.starts * min_fraction))
-        found = {offset: self.score(offset, floor) for offset in offsets}
+    def pair(self, offset: int, min_fraction: float = MIN_FRACTION) -> tuple[float, float] | None:
+        """``(in sync, shifted)``: the mean similarity of the face windows that have audio ``offset`` frames late,
+        with their own audio and with that audio (None: too few windows)."""
+        span = self._span(offset, min_fraction)
+        return None if span is None else (self._mean_similarity(*span, 0), self._mean_similarity(*span, offset))
+
+    def scores(self, offsets: Iterable[int], min_fraction: float = MIN_FRACTION) -> dict[int, float]:
+        """:meth:`score` at each offset that leaves enough windows."""
+        found = {offset: self.score(offset, min_fraction) for offset in offsets}
         return {offset: value for offset, value in found.items() if value is not None}
 
 
-def _embed(encoder: Any, windows: list[npt.NDArray[np.float32]], device: str) -> torch.Tensor:
+def _embed(encoder: torch.nn.Module, windows: list[npt.NDArray[np.float32]], device: str) -> torch.Tensor:
     parts = []
     for i in range(0, len(windows), CHUNK):
         batch = torch.from_numpy(np.stack(windows[i : i + CHUNK])).to(device)
@@ -102,7 +87,7 @@ def _embed(encoder: Any, windows: list[npt.NDArray[np.float32]], device: str) ->
     return torch.nn.functional.normalize(torch.cat(parts), dim=1).cpu()
 
 
-def sync_offset(expert: Any, faces: npt.NDArray[np.uint8], mel: npt.NDArray[np.float32],
+def sync_offset(expert: torch.nn.Module, faces: npt.NDArray[np.uint8], mel: npt.NDArray[np.float32],
                 search: int = OFFSET_SEARCH) -> tuple[int, float, float]:
     """The audio offset (frames, within ``±search``) at which the expert finds a clip most in sync (the nearest
     to 0 among equals). Returns ``(best offset, its score, the score at offset 0)``; ``(0, 0.0, 0.0)`` for a

@@ -294,9 +294,8 @@ def clip_pairs(model: torch.nn.Module, dataset: Dataset, shifts: tuple[int, ...]
     rows: list[tuple[float, float, int, int]] = []
     for index, clip in enumerate(dataset.clips):
         embeddings = ClipEmbeddings.of(model, clip.faces, clip.mel, device, bf16)
-        floor = max(1, embeddings.starts // 4)
         for shift in shifts:
-            pair = embeddings.pair(shift, floor)
+            pair = embeddings.pair(shift)
             if pair is not None:
                 rows.append((pair[0], pair[1], shift, index))
     table = np.array(rows, np.float64).reshape(-1, 4)
@@ -390,8 +389,8 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
     sampler = PairSampler(train_set, config.shift_min)
     heldout = PairSampler(heldout_set, config.shift_min).fixed(config.seed + 1, config.eval_pairs)
     calibration = sampler.fixed(config.seed + 2, config.eval_pairs)
-    clip_heldout = _some_clips(heldout_set, config.eval_clips, config.seed + 1)
-    clip_calibration = _some_clips(train_set, config.eval_clips, config.seed + 2)
+    clip_heldout = some_clips(heldout_set, config.eval_clips, config.seed + 1)
+    clip_calibration = some_clips(train_set, config.eval_clips, config.seed + 2)
     out.print(f"SyncNet expert on {description}: {len(train_set)} training clips ({len(sampler.windows)} windows), "
               f"{len(heldout_set)} held out ({len(heldout.faces)} eval pairs); {config.stages} stage(s) of "
               f"{config.steps} steps, batch {config.batch}", highlight=False)
@@ -426,7 +425,7 @@ def train_syncnet(config: SyncNetConfig, console: Console | None = None,
     return run.metrics
 
 
-def _some_clips(dataset: Dataset, count: int, seed: int) -> Dataset:
+def some_clips(dataset: Dataset, count: int, seed: int) -> Dataset:
     """Up to ``count`` clips of ``dataset``, the same ones for the same seed."""
     order = np.random.default_rng(seed).permutation(len(dataset.clips))[:count]
     return dataset.subset([dataset.clips[int(i)].id for i in sorted(order)])
