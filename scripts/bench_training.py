@@ -65,7 +65,7 @@ class Stage:
 
 def syncnet_stage(batch: int, device: str, bf16: bool = False) -> StepRunner:
     """One SyncNet expert step on ``batch`` samples (``batch / 2`` matched pairs), as `train syncnet` runs it."""
-    from anchorcast_plugins.training.syncnet import PairBatch, SyncNetTrainer
+    from anchorcast_plugins.engines.wav2lip.training.syncnet import PairBatch, SyncNetTrainer
 
     trainer = SyncNetTrainer(device, lr=1e-4, seed=0, bf16=bf16)
     rng = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def syncnet_stage(batch: int, device: str, bf16: bool = False) -> StepRunner:
 
 def window_batch(batch: int) -> Any:
     """A random generator batch of ``batch`` five-frame windows (faces and targets in [0, 1], mels normal)."""
-    from anchorcast_plugins.training.generator import WindowBatch
+    from anchorcast_plugins.engines.wav2lip.training.generator import WindowBatch
 
     rng = np.random.default_rng(0)
     return WindowBatch(
@@ -99,8 +99,8 @@ def window_batch(batch: int) -> Any:
 
 def generator_runner(batch: int, device: str, bf16: bool, *, disc: float = 0.0, **options: Any) -> StepRunner:
     """One :class:`GeneratorTrainer` step with the sync term on, against a random-weight expert."""
-    from anchorcast_plugins.training.generator import GeneratorTrainer, LossWeights
-    from anchorcast_plugins.wav2lip.models import SyncNet
+    from anchorcast_plugins.engines.wav2lip.training.generator import GeneratorTrainer, LossWeights
+    from anchorcast_plugins.engines.wav2lip.models import SyncNet
 
     expert = SyncNet().to(device)
     trainer = GeneratorTrainer(expert, device, lr=1e-4, seed=0, bf16=bf16, **options)
@@ -148,7 +148,7 @@ STAGES: dict[str, Stage] = {
 
 def time_steps(run: StepRunner, steps: int, device: str) -> float:
     """Median seconds of ``steps`` steps after one warm-up step."""
-    from anchorcast_plugins.wav2lip.devices import synchronize
+    from anchorcast_plugins.engines.wav2lip.devices import synchronize
 
     run()
     synchronize(device)
@@ -195,7 +195,7 @@ def main() -> int:
             parser.error(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     if args.steps < 1:
         parser.error("--steps must be at least 1")
-    from anchorcast_plugins.training.common import training_device
+    from anchorcast_plugins.engines.wav2lip.training.common import training_device
 
     device, description = training_device(args.device)
     if args.bf16:

@@ -41,8 +41,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from anchorcast_plugins.wav2lip import backends as wb
-from anchorcast_plugins.wav2lip.models import Wav2Lip
+from anchorcast_plugins.engines.wav2lip import backends as wb
+from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.wav2lip_inputs import avatar_faces

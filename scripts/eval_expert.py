@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.training.dataset import Dataset
-from anchorcast_plugins.training.syncnet import PairSampler, SyncNetTrainer, evaluate, evaluate_clips, some_clips
+from anchorcast_plugins.engines.wav2lip.training.dataset import Dataset
+from anchorcast_plugins.engines.wav2lip.training.syncnet import PairSampler, SyncNetTrainer, evaluate, evaluate_clips, some_clips
 
 
 def split(dataset: Dataset, run: Path | None, heldout: float, seed: int) -> tuple[Dataset, Dataset, str]:
@@ -57,7 +57,7 @@ def main() -> int:
     args = parser.parse_args()
     console = Console(stderr=True)
     try:
-        from anchorcast_plugins.training.generator import load_expert
+        from anchorcast_plugins.engines.wav2lip.training.generator import load_expert
 
         expert = load_expert(args.expert, args.device)
         dataset = Dataset.load(args.data)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-import anchorcast_plugins.obs_control as obs_control
+import anchorcast_plugins.outputs.obs_control as obs_control
 from anchorcast import hookimpl
 from anchorcast.errors import AnchorcastError
 from anchorcast.host import Host

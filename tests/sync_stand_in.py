@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anchorcast_plugins.training.dataset import Dataset, DatasetWriter
+from anchorcast_plugins.engines.wav2lip.training.dataset import Dataset, DatasetWriter
 
 
 class BrightnessExpert(torch.nn.Module):

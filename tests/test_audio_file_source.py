@@ -15,8 +15,8 @@ import pytest
 from anchorcast.components import Setting
 from anchorcast.errors import InputError
 from anchorcast.media import AudioChunk, StreamFormat
-from anchorcast_plugins import audio_file
-from anchorcast_plugins.audio_file import AudioFileSource
+from anchorcast_plugins.sources import audio_file
+from anchorcast_plugins.sources.audio_file import AudioFileSource
 
 SOURCE_RATE = 44100
 TONE_HZ = 1000.0

@@ -19,8 +19,8 @@ from anchorcast.errors import InputError
 from anchorcast.host import Host
 from anchorcast.media import AudioChunk, Caption, SpeechEnded, SpeechStarted, StreamFormat, VideoFrame
 from anchorcast.plugin_manager import PluginPolicy
-from anchorcast_plugins import captions_file
-from anchorcast_plugins.captions_file import CaptionsFile, Cue, layout_cues, render_webvtt
+from anchorcast_plugins.outputs import captions_file
+from anchorcast_plugins.outputs.captions_file import CaptionsFile, Cue, layout_cues, render_webvtt
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
 

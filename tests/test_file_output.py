@@ -16,8 +16,8 @@ from anchorcast.components import Setting
 from anchorcast.errors import InputError
 from anchorcast.host import Host
 from anchorcast.media import AudioChunk, StreamFormat, VideoFrame
-from anchorcast_plugins import file_output
-from anchorcast_plugins.file_output import FileOutput
+from anchorcast_plugins.outputs import file_output
+from anchorcast_plugins.outputs.file_output import FileOutput
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
 

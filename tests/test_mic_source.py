@@ -26,7 +26,7 @@ import pytest
 from anchorcast import hookimpl
 from anchorcast.errors import InputError
 from anchorcast.media import AudioChunk, StreamFormat, TextSegment, VideoFrame
-from anchorcast_plugins.mic_source import GapEstimator
+from anchorcast_plugins.sources.mic_source import GapEstimator
 from tests import pulse as pulse_module
 from tests.pulse import PulseAudio, silence, tone
 
@@ -54,7 +54,7 @@ def child_main(argv: list[str] | None = None) -> None:
 
 
 def _child_error(options: dict[str, Any]) -> None:
-    from anchorcast_plugins.mic_source import MicSource
+    from anchorcast_plugins.sources.mic_source import MicSource
 
     source = MicSource(options.get("device"))
     source.open(StreamFormat(64, 48, Fraction(25), RATE))
@@ -66,7 +66,7 @@ def _child_capture(options: dict[str, Any]) -> None:
     """Records ``seconds`` after the first chunk; saves the samples, chunk starts/lengths and arrival times."""
     import sounddevice as sd
 
-    from anchorcast_plugins.mic_source import MicSource
+    from anchorcast_plugins.sources.mic_source import MicSource
 
     device = options.get("device")
     if device == "INDEX-OF-PULSE":
@@ -145,7 +145,8 @@ def _child_host(options: dict[str, Any]) -> None:
     """mic -> live scheduler -> viseme engine -> MouthProbe, for ``seconds`` after the first frame aired."""
     from anchorcast.host import Host
     from anchorcast.plugin_manager import PluginPolicy
-    from anchorcast_plugins import mic_source, viseme
+    from anchorcast_plugins.engines import viseme
+    from anchorcast_plugins.sources import mic_source
 
     plugin = ProbePlugin()
     host = Host.create(PluginPolicy(), entry_points=False, extra_plugins=(mic_source, viseme, plugin))
@@ -308,7 +309,7 @@ silence into the played sound (the player's fault, not the microphone's)."""
 
 def test_the_plugin_registers_mic_without_importing_sounddevice() -> None:
     code = ("import sys; from anchorcast.host import Host; from anchorcast.plugin_manager import PluginPolicy; "
-            "from anchorcast_plugins import mic_source; "
+            "from anchorcast_plugins.sources import mic_source; "
             "host = Host.create(PluginPolicy(), entry_points=False, extra_plugins=(mic_source,)); "
             "assert host.plugins.component('source', 'mic') is not None; "
             "assert 'sounddevice' not in sys.modules and 'soxr' not in sys.modules; print('ok')")
@@ -459,7 +460,7 @@ def test_no_input_device_at_all_explains_how_to_get_one(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_live_stream_from_the_mic_moves_the_mouth_during_speech_only(pulse: PulseAudio, tmp_path: Path) -> None:
-    from anchorcast_plugins.espeak_voice import EspeakVoice
+    from anchorcast_plugins.voices.espeak_voice import EspeakVoice
 
     voice = EspeakVoice("en")
     speech = np.concatenate([s.audio for s in voice.synthesize(TextSegment("Hello there, the anchor is live."))])

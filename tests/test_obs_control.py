@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-import anchorcast_plugins.obs_control as obs_control
+import anchorcast_plugins.outputs.obs_control as obs_control
 from anchorcast.errors import InputError, ProfileError
 from anchorcast.host import Host
 from anchorcast.media import Caption, Cue, Interrupt, SpeechEnded, SpeechStarted
 from anchorcast.plugin_manager import PluginPolicy
-from anchorcast_plugins.obs_control import AnchorState, ObsSettings
+from anchorcast_plugins.outputs.obs_control import AnchorState, ObsSettings
 from tests.components import RecordingPlugin
 from tests.servers import free_port
 
@@ -49,7 +49,7 @@ def _build(host: Host, **table: Any) -> obs_control.ObsControl:
 
 
 def test_plugin_module_imports_no_websocket_library() -> None:
-    code = "import sys, anchorcast_plugins.obs_control; print(sorted({'obsws_python', 'websocket'} & set(sys.modules)))"
+    code = "import sys, anchorcast_plugins.outputs.obs_control; print(sorted({'obsws_python', 'websocket'} & set(sys.modules)))"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert found.strip() == "[]"
 

@@ -24,8 +24,8 @@ from anchorcast.host import Host
 from anchorcast.media import AudioChunk, StreamFormat, VideoFrame
 from anchorcast.plugin_manager import PluginPolicy
 from anchorcast.scheduler import Scheduler
-from anchorcast_plugins import rtmp_output
-from anchorcast_plugins.rtmp_output import RtmpOutput, _AudioFeed
+from anchorcast_plugins.outputs import rtmp_output
+from anchorcast_plugins.outputs.rtmp_output import RtmpOutput, _AudioFeed
 from tests.components import CollectOutput, RecordingPlugin
 from tests.conftest import make_profile
 from tests.servers import NginxRtmp, Received, RtmpReader, av_offsets, free_port

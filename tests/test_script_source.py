@@ -9,7 +9,7 @@ import pytest
 
 from anchorcast.errors import InputError, ProfileError
 from anchorcast.media import StreamFormat
-from anchorcast_plugins.script import ScriptSource, detect_language, split_sentences
+from anchorcast_plugins.sources.script import ScriptSource, detect_language, split_sentences
 
 FMT = StreamFormat(64, 48, Fraction(25), 16000)
 

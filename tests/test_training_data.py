@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.training.cli_args import configure_prepare, configure_synth, configure_train, run_train
-from anchorcast_plugins.training.dataset import (
+from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_prepare, configure_synth, configure_train, run_train
+from anchorcast_plugins.engines.wav2lip.training.dataset import (
     INFO_FILE,
     Dataset,
     DatasetWriter,
     lower_halves,
     mel_start,
 )
-from anchorcast_plugins.training.prepare import prepare_dataset
-from anchorcast_plugins.training.synth import SPEAKERS, SyntheticTalker, make_synthetic_dataset
+from anchorcast_plugins.engines.wav2lip.training.prepare import prepare_dataset
+from anchorcast_plugins.engines.wav2lip.training.synth import SPEAKERS, SyntheticTalker, make_synthetic_dataset
 from tests.mp4 import write_video
 from tests.sync_stand_in import BrightnessExpert, clip_with_delay, write_delayed_clips
 
@@ -231,7 +231,7 @@ def test_train_command_runs_synth(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delay", [0, 3, -4])
 def test_the_expert_finds_a_clips_audio_offset(delay: int) -> None:
-    from anchorcast_plugins.training.offsets import sync_offset
+    from anchorcast_plugins.engines.wav2lip.training.offsets import sync_offset
 
     faces, mel = clip_with_delay(60, delay, seed=abs(delay))
     best, at_best, at_zero = sync_offset(BrightnessExpert(), faces, mel)
@@ -240,7 +240,7 @@ def test_the_expert_finds_a_clips_audio_offset(delay: int) -> None:
 
 
 def test_prepare_with_an_expert_drops_off_sync_clips(tmp_path: Path) -> None:
-    from anchorcast_plugins.training.prepare import _drop_off_sync
+    from anchorcast_plugins.engines.wav2lip.training.prepare import _drop_off_sync
 
     with DatasetWriter(tmp_path / "set") as writer:
         write_delayed_clips(writer, {"in-sync": 1, "late": 5}, frames=50, seed=7)

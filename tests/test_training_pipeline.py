@@ -14,17 +14,17 @@ import torch
 
 from anchorcast.errors import InputError
 from anchorcast.media import StreamFormat
-from anchorcast_plugins.training.cli_args import configure_train, run_train
-from anchorcast_plugins.training.common import STATE_FILE
-from anchorcast_plugins.training.generator import (
+from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_train, run_train
+from anchorcast_plugins.engines.wav2lip.training.common import STATE_FILE
+from anchorcast_plugins.engines.wav2lip.training.generator import (
     GeneratorConfig,
     GeneratorTrainer,
     LossWeights,
     WindowSampler,
     train_generator,
 )
-from anchorcast_plugins.training.losses import mouth_jitter, mouth_motion, ms_ssim
-from anchorcast_plugins.training.synth import SENTENCES, SPEAKERS, SyntheticTalker, make_synthetic_dataset
+from anchorcast_plugins.engines.wav2lip.training.losses import mouth_jitter, mouth_motion, ms_ssim
+from anchorcast_plugins.engines.wav2lip.training.synth import SENTENCES, SPEAKERS, SyntheticTalker, make_synthetic_dataset
 from tests.mp4 import write_video
 
 FMT = StreamFormat(640, 360, Fraction(25), 16000)
@@ -57,8 +57,8 @@ def render_videos(folder: Path, speaker_index: int, takes: int, seconds: float, 
 def render_frame(weights: Path) -> np.ndarray:
     """One frame of the wav2lip engine with these weights, on a speech-like tone."""
     from anchorcast.components import FrameJob
-    from anchorcast_plugins.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
-    from anchorcast_plugins.wav2lip.engine import Wav2LipEngine
+    from anchorcast_plugins.engines.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
+    from anchorcast_plugins.engines.wav2lip.engine import Wav2LipEngine
 
     engine = Wav2LipEngine({"weights": str(weights), "avatar": None, "face_box": None, "device": "cpu",
                             "backend": "torch", "max_batch": 2})
@@ -127,8 +127,8 @@ def test_prepare_syncnet_generator_finetune_gan(tmp_path: Path, monkeypatch: pyt
     assert (gan / "discriminator.safetensors").is_file() and "bfloat16" in refined["device"]
     assert (expert / "syncnet.safetensors").read_bytes() == expert_bytes  # the expert stayed frozen
 
-    from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
-    from anchorcast_plugins.wav2lip.weights_store import import_weights
+    from anchorcast_plugins.engines.wav2lip.checkpoints import load_checkpoint
+    from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
 
     assert import_weights(expert / "syncnet.safetensors", "our-expert", expected_kind="syncnet").global_step == 18
     assert load_checkpoint(gan / "discriminator.safetensors", "discriminator").global_step == 8
@@ -193,7 +193,7 @@ def test_ms_ssim_and_mouth_measures() -> None:
 
 
 def test_finetune_freezes_the_audio_encoder_and_decoder_statistics(tiny) -> None:
-    from anchorcast_plugins.wav2lip.models import SyncNet
+    from anchorcast_plugins.engines.wav2lip.models import SyncNet
 
     expert = SyncNet().eval()
     trainer = GeneratorTrainer(expert, "cpu", lr=1e-3, trainable="face_encoder")
@@ -219,9 +219,9 @@ def test_bad_options_are_one_clear_message(tiny, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gan_resumes_after_ctrl_c_with_its_discriminator_and_sync_state(tiny, tmp_path: Path) -> None:
-    from anchorcast_plugins.training.common import TrainingInterrupted
-    from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
-    from anchorcast_plugins.wav2lip.models import SyncNet, Wav2Lip
+    from anchorcast_plugins.engines.wav2lip.training.common import TrainingInterrupted
+    from anchorcast_plugins.engines.wav2lip.checkpoints import load_checkpoint
+    from anchorcast_plugins.engines.wav2lip.models import SyncNet, Wav2Lip
 
     torch.manual_seed(0)
     expert, start = tmp_path / "expert.safetensors", tmp_path / "start.safetensors"
@@ -260,7 +260,7 @@ def test_ctrl_c_inside_a_step_lets_the_step_finish_then_saves_it(tmp_path: Path)
 
     from rich.console import Console
 
-    from anchorcast_plugins.training.common import RunFolder, TrainingInterrupted, run_steps
+    from anchorcast_plugins.engines.wav2lip.training.common import RunFolder, TrainingInterrupted, run_steps
 
     run = RunFolder.open(tmp_path / "run", "generator", "test", {}, resume=False)
     finished, saved = [], []

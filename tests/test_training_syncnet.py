@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.training.cli_args import configure_train, run_train
-from anchorcast_plugins.training.common import STATE_FILE, TrainingInterrupted
-from anchorcast_plugins.training.dataset import Dataset
-from anchorcast_plugins.training.syncnet import (
+from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_train, run_train
+from anchorcast_plugins.engines.wav2lip.training.common import STATE_FILE, TrainingInterrupted
+from anchorcast_plugins.engines.wav2lip.training.dataset import Dataset
+from anchorcast_plugins.engines.wav2lip.training.syncnet import (
     PairSampler,
     SyncNetConfig,
     SyncNetTrainer,
@@ -24,7 +24,7 @@ from anchorcast_plugins.training.syncnet import (
     evaluate_clips,
     train_syncnet,
 )
-from anchorcast_plugins.training.synth import make_synthetic_dataset
+from anchorcast_plugins.engines.wav2lip.training.synth import make_synthetic_dataset
 from tests.sync_stand_in import BrightnessExpert, delayed_dataset
 
 
@@ -110,7 +110,7 @@ def test_three_stages_end_to_end_then_import_and_resume(tiny: Dataset, tmp_path:
         assert stage["clips"] == written["data"]["heldout_clips"] and set(stage["clip_accuracy_by_shift"]) <= {"5", "10", "15"}
     assert written["final"] == metrics["final"] and written["seconds_per_step"] > 0
 
-    from anchorcast_plugins.wav2lip.weights_store import import_weights
+    from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
 
     stored = import_weights(out / "syncnet.safetensors", "expert", expected_kind="syncnet")
     assert stored.kind == "syncnet" and stored.global_step == 6
@@ -137,7 +137,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint_and_resume_continues(tiny: Dataset, 
         train_syncnet(config(tiny, out, steps=4), after_step=interrupt)
     assert stopped.value.step == 2
     assert json.loads((out / "metrics.json").read_text())["interrupted_at_step"] == 2
-    from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
+    from anchorcast_plugins.engines.wav2lip.checkpoints import load_checkpoint
 
     loaded = load_checkpoint(out / "syncnet.safetensors", "syncnet")
     assert loaded.global_step == 2
@@ -167,11 +167,11 @@ def test_cli_defaults_match_the_configs(names: tuple[str, str, str]) -> None:
     import dataclasses
     import importlib
 
-    from anchorcast_plugins.training import cli_args
+    from anchorcast_plugins.engines.wav2lip.training import cli_args
 
     defaults = getattr(cli_args, names[0])
     fields = {f.name: f.default for f in dataclasses.fields(
-        getattr(importlib.import_module(f"anchorcast_plugins.training.{names[1]}"), names[2]))}
+        getattr(importlib.import_module(f"anchorcast_plugins.engines.wav2lip.training.{names[1]}"), names[2]))}
     given = {name: value for name, value in vars(defaults).items() if not name.startswith("_")}
     assert given and all(fields[name] == value for name, value in given.items()), given
     # flags (store_true) and options without a default need no entry
@@ -181,7 +181,7 @@ def test_cli_defaults_match_the_configs(names: tuple[str, str, str]) -> None:
 
 
 def test_the_training_device_names_its_precision() -> None:
-    from anchorcast_plugins.training.common import training_device
+    from anchorcast_plugins.engines.wav2lip.training.common import training_device
 
     device, plain = training_device("cpu")
     _, mixed = training_device("cpu", bf16=True)

@@ -22,8 +22,8 @@ from anchorcast.errors import InputError
 from anchorcast.host import Host
 from anchorcast.media import AudioChunk, StreamFormat, VideoFrame
 from anchorcast.plugin_manager import PluginPolicy
-from anchorcast_plugins import virtualcam_output
-from anchorcast_plugins.virtualcam_output import VirtualCamOutput
+from anchorcast_plugins.outputs import virtualcam_output
+from anchorcast_plugins.outputs.virtualcam_output import VirtualCamOutput
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
 
@@ -89,7 +89,7 @@ def silence(index: int) -> AudioChunk:
 
 def test_the_plugin_registers_virtualcam_without_importing_pyvirtualcam() -> None:
     code = ("import sys; from anchorcast.host import Host; from anchorcast.plugin_manager import PluginPolicy; "
-            "from anchorcast_plugins import virtualcam_output; "
+            "from anchorcast_plugins.outputs import virtualcam_output; "
             "host = Host.create(PluginPolicy(), entry_points=False, extra_plugins=(virtualcam_output,)); "
             "assert host.plugins.component('output', 'virtualcam') is not None; "
             "assert 'pyvirtualcam' not in sys.modules and 'cv2' not in sys.modules; print('ok')")

@@ -15,10 +15,10 @@ import pytest
 from anchorcast.components import FrameJob, LipEngine
 from anchorcast.errors import InputError
 from anchorcast.media import StreamFormat, Timing
-from anchorcast_plugins import viseme as viseme_plugin
-from anchorcast_plugins.viseme.engine import VisemeEngine, bundled_avatar, create_engine
-from anchorcast_plugins.viseme.portrait import MouthGeometry, detect_face, load_image
-from anchorcast_plugins.viseme.shapes import Viseme, phoneme_viseme, shape_from_audio
+from anchorcast_plugins.engines import viseme as viseme_plugin
+from anchorcast_plugins.engines.viseme.engine import VisemeEngine, bundled_avatar, create_engine
+from anchorcast_plugins.engines.viseme.portrait import MouthGeometry, detect_face, load_image
+from anchorcast_plugins.engines.viseme.shapes import Viseme, phoneme_viseme, shape_from_audio
 
 FMT = StreamFormat(1280, 720, Fraction(25), 16000)
 RATE = FMT.sample_rate
@@ -358,7 +358,7 @@ def test_sprites_and_avatar_together_are_refused(sprite_folder: Path) -> None:
 
 
 def test_the_plugin_registers_without_importing_opencv() -> None:
-    code = ("import sys, anchorcast_plugins.viseme as p; calls = []; "
+    code = ("import sys, anchorcast_plugins.engines.viseme as p; calls = []; "
             "p.anchorcast_register_engines(None, lambda name, factory, **kw: calls.append((name, kw))); "
             "assert calls[0][0] == 'viseme', calls; assert 'cv2' not in sys.modules, 'cv2 imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ import pytest
 from anchorcast.errors import InputError, ProfileError
 from anchorcast.host import Host
 from anchorcast.media import Speech, StreamFormat, TextSegment, Timing
-from anchorcast_plugins import espeak_voice, piper_voice
+from anchorcast_plugins.voices import espeak_voice, piper_voice
 from tests.conftest import make_profile
 
 FORMAT = StreamFormat(640, 360, Fraction(25), 16000)
@@ -89,7 +89,7 @@ def piper() -> piper_voice.PiperSpeechVoice:
 
 def test_plugin_modules_import_no_heavy_library() -> None:
     code = (
-        "import sys, anchorcast_plugins.piper_voice, anchorcast_plugins.espeak_voice as e\n"
+        "import sys, anchorcast_plugins.voices.piper_voice, anchorcast_plugins.voices.espeak_voice as e\n"
         "print(sorted(m for m in ('piper', 'onnx', 'onnxruntime', 'espeakng_loader') if m in sys.modules),"
         " e.EspeakLibrary._instance)"
     )

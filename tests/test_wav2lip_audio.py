@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from anchorcast.clock import MediaClock
-from anchorcast_plugins.wav2lip import audio
+from anchorcast_plugins.engines.wav2lip import audio
 
 librosa = pytest.importorskip("librosa")
 signal = pytest.importorskip("scipy.signal")

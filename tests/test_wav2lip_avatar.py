@@ -16,11 +16,11 @@ import pytest
 
 import anchorcast_plugins
 from anchorcast.errors import InputError
-from anchorcast_plugins.wav2lip import avatar as avatars
-from anchorcast_plugins.wav2lip.avatar import Avatar, open_avatar, prepare_avatar
-from anchorcast_plugins.wav2lip.cli_args import configure_avatar
+from anchorcast_plugins.engines.wav2lip import avatar as avatars
+from anchorcast_plugins.engines.wav2lip.avatar import Avatar, open_avatar, prepare_avatar
+from anchorcast_plugins.engines.wav2lip.cli_args import configure_avatar
 
-ASTRONAUT = Path(anchorcast_plugins.__file__).parent / "assets" / "astronaut.png"
+ASTRONAUT = Path(anchorcast_plugins.__file__).parent / "engines" / "assets" / "astronaut.png"
 SIZE = 448
 SHIFT = (2.5, 1.0)  # pixels per frame the face moves in the synthetic video
 FRAMES = 20

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.wav2lip import backends as wb
-from anchorcast_plugins.wav2lip.models import ConvBlock, TransposeBlock, Wav2Lip
+from anchorcast_plugins.engines.wav2lip import backends as wb
+from anchorcast_plugins.engines.wav2lip.models import ConvBlock, TransposeBlock, Wav2Lip
 from tests.wav2lip_inputs import avatar_faces as shared_avatar_faces
 
 needs_openvino = pytest.mark.skipif(wb.openvino_available() is not None, reason="openvino is not installed")

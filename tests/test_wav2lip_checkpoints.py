@@ -26,8 +26,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.wav2lip import weights_store
-from anchorcast_plugins.wav2lip.checkpoints import (
+from anchorcast_plugins.engines.wav2lip import weights_store
+from anchorcast_plugins.engines.wav2lip.checkpoints import (
     KINDS,
     CheckpointError,
     build_model,
@@ -35,9 +35,9 @@ from anchorcast_plugins.wav2lip.checkpoints import (
     load_checkpoint,
     tensors_sha256,
 )
-from anchorcast_plugins.wav2lip.cli_args import configure_weights
-from anchorcast_plugins.wav2lip.models import MODEL_KINDS
-from anchorcast_plugins.wav2lip.weights_store import (
+from anchorcast_plugins.engines.wav2lip.cli_args import configure_weights
+from anchorcast_plugins.engines.wav2lip.models import MODEL_KINDS
+from anchorcast_plugins.engines.wav2lip.weights_store import (
     default_name,
     import_weights,
     list_weights,
@@ -48,7 +48,7 @@ from anchorcast_plugins.wav2lip.weights_store import (
 )
 
 REFERENCE = Path("/work/shared/reference")  # the key manifests, where this checkout has them
-PORTRAIT = Path(__file__).resolve().parents[1] / "plugins" / "assets" / "astronaut.png"
+PORTRAIT = Path(__file__).resolve().parents[1] / "plugins" / "engines" / "assets" / "astronaut.png"
 NBT = "num_batches_tracked"
 
 

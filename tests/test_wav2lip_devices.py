@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.wav2lip.devices import (
+from anchorcast_plugins.engines.wav2lip.devices import (
     DeviceChoice,
     TorchDeviceProbe,
     describe_devices,

@@ -15,8 +15,8 @@ import torch
 
 from anchorcast.components import FrameJob
 from anchorcast.media import StreamFormat
-from anchorcast_plugins.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
-from anchorcast_plugins.wav2lip.models import Wav2Lip
+from anchorcast_plugins.engines.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
+from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
 from tests.mp4 import decode
 
 FMT = StreamFormat(640, 360, Fraction(25), 16000)
@@ -34,7 +34,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
     previous = os.environ.get("ANCHORCAST_HOME")
     os.environ["ANCHORCAST_HOME"] = str(root)
-    from anchorcast_plugins.wav2lip.weights_store import import_weights
+    from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
 
     import_weights(checkpoint, "test-gen")
     yield root
@@ -46,7 +46,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(home: Path):
-    from anchorcast_plugins.wav2lip.engine import Wav2LipEngine
+    from anchorcast_plugins.engines.wav2lip.engine import Wav2LipEngine
 
     engine = Wav2LipEngine({"weights": "test-gen", "avatar": None, "face_box": None, "device": "cpu",
                             "backend": "torch", "max_batch": 4})
@@ -99,7 +99,7 @@ def test_features_are_cached_per_weights_in_the_avatar_folder(engine) -> None:
 
 def test_the_prediction_matches_the_reference_model_on_the_crop(engine) -> None:
     """Our cached-feature path against the plain reference forward on the same crop and mel window."""
-    from anchorcast_plugins.wav2lip.audio import FrameMel
+    from anchorcast_plugins.engines.wav2lip.audio import FrameMel
 
     torch.manual_seed(0)
     reference = Wav2Lip().eval()
@@ -134,7 +134,7 @@ def test_run_the_wav2lip_profile(home: Path, tmp_path: Path) -> None:
 def test_a_wrong_checkpoint_is_one_clear_message(home: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from anchorcast_plugins.wav2lip.models import Wav2LipDiscriminator
+    from anchorcast_plugins.engines.wav2lip.models import Wav2LipDiscriminator
 
     wrong = tmp_path / "disc.safetensors"
     save_file({k: v.contiguous() for k, v in Wav2LipDiscriminator().state_dict().items()}, str(wrong))

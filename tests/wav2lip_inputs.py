@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ASTRONAUT = Path(__file__).resolve().parent.parent / "plugins" / "assets" / "astronaut.png"
+ASTRONAUT = Path(__file__).resolve().parent.parent / "plugins" / "engines" / "assets" / "astronaut.png"
 FACE_BOX = (50, 185, 165, 290)  # top, bottom, left, right of the face in the 512x512 photo
 
 

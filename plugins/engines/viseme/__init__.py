@@ -6,7 +6,7 @@ audio around each frame. They are drawn by warping the mouth of a still portrait
 PNG sprites from a ``sprites`` folder (``closed.png``, ``open.png`` and optionally ``wide.png``, ``round.png``,
 ``teeth.png``, ``mid.png``).
 
-This module stays light: OpenCV is imported by the factory, through :mod:`anchorcast_plugins.viseme.engine`.
+This module stays light: OpenCV is imported by the factory, through :mod:`anchorcast_plugins.engines.viseme.engine`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from anchorcast.components import Setting
 if TYPE_CHECKING:
     from anchorcast.hookspecs import Register
     from anchorcast.host import Host
-    from anchorcast_plugins.viseme.engine import VisemeEngine
+    from anchorcast_plugins.engines.viseme.engine import VisemeEngine
 
 SETTINGS: dict[str, Setting] = {
     "avatar": Setting(str, None, "portrait image (PNG/JPEG) with a front-facing face; default: the bundled "
@@ -35,7 +35,7 @@ SETTINGS: dict[str, Setting] = {
 
 
 def create(host: Host, settings: dict[str, Any]) -> VisemeEngine:
-    from anchorcast_plugins.viseme.engine import create_engine
+    from anchorcast_plugins.engines.viseme.engine import create_engine
 
     return create_engine(settings)
 

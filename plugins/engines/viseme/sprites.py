@@ -1,7 +1,7 @@
 """Sprite-set mode: a folder of mouth-state PNGs, as PNG-avatar streamers use.
 
 ``closed.png`` (also the idle frame) and ``open.png`` are required; ``wide.png``, ``round.png``, ``teeth.png`` and
-``mid.png`` (see :class:`~anchorcast_plugins.viseme.shapes.Viseme`) are used when present. Each sprite is
+``mid.png`` (see :class:`~anchorcast_plugins.engines.viseme.shapes.Viseme`) are used when present. Each sprite is
 composited once over the background colour and fitted into the output frame; a frame is then a copy of one of
 them.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
-from anchorcast_plugins.viseme.shapes import MouthShape, Viseme
+from anchorcast_plugins.engines.viseme.shapes import MouthShape, Viseme
 
 REQUIRED = (Viseme.CLOSED, Viseme.OPEN)
 SPRITE_VISEMES = tuple(v for v in Viseme if v is not Viseme.REST)

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.training.common import (
+from anchorcast_plugins.engines.wav2lip.training.common import (
     RunFolder,
     TrainingInterrupted,
     evaluation,
@@ -54,8 +54,8 @@ from anchorcast_plugins.training.common import (
     step_rng,
     training_device,
 )
-from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, Clip, Dataset, last_start_by_mel, mel_start
-from anchorcast_plugins.training.losses import (
+from anchorcast_plugins.engines.wav2lip.training.dataset import MEL_STEP, SYNC_FRAMES, Clip, Dataset, last_start_by_mel, mel_start
+from anchorcast_plugins.engines.wav2lip.training.losses import (
     ExpertFeatures,
     frames_to_windows,
     mouth_jitter,
@@ -198,8 +198,8 @@ class WindowSampler:
 
 def load_expert(name_or_path: str, device: str) -> nn.Module:
     """The frozen lip-sync expert (a store name or a weights file of kind syncnet), in eval mode."""
-    from anchorcast_plugins.wav2lip.checkpoints import build_model
-    from anchorcast_plugins.wav2lip.weights_store import resolve_weights
+    from anchorcast_plugins.engines.wav2lip.checkpoints import build_model
+    from anchorcast_plugins.engines.wav2lip.weights_store import resolve_weights
 
     loaded = resolve_weights(name_or_path, expected_kind="syncnet")
     expert = build_model("syncnet", loaded.state_dict).to(device).eval()
@@ -209,7 +209,7 @@ def load_expert(name_or_path: str, device: str) -> nn.Module:
 
 
 def load_generator_weights(model: nn.Module, name_or_path: str) -> None:
-    from anchorcast_plugins.wav2lip.weights_store import resolve_weights
+    from anchorcast_plugins.engines.wav2lip.weights_store import resolve_weights
 
     loaded = resolve_weights(name_or_path, expected_kind="generator")
     model.load_state_dict(loaded.state_dict, strict=True)
@@ -239,7 +239,7 @@ class GeneratorTrainer:
     def __init__(self, expert: nn.Module | None, device: str = "cpu", *, lr: float = 1e-4, seed: int = 0,
                  trainable: str = "all", discriminator: bool = False, betas: tuple[float, float] = (0.9, 0.999),
                  init: str | None = None, bf16: bool = False) -> None:
-        from anchorcast_plugins.wav2lip.models import Wav2Lip, Wav2LipDiscriminator
+        from anchorcast_plugins.engines.wav2lip.models import Wav2Lip, Wav2LipDiscriminator
 
         if trainable not in TRAINABLE_PARTS:
             raise ValueError(f"trainable must be one of {TRAINABLE_PARTS}")
@@ -562,7 +562,7 @@ def _train(config: GeneratorConfig, trainer: GeneratorTrainer, dataset: Dataset 
 
 def _prepared_video(config: GeneratorConfig, run: RunFolder, out: Console) -> Dataset:
     """``finetune``: the presenter video prepared into ``RUN/data``; a resumed run reuses what it trained on."""
-    from anchorcast_plugins.training.prepare import prepare_dataset
+    from anchorcast_plugins.engines.wav2lip.training.prepare import prepare_dataset
 
     folder = run.path / "data"
     if config.resume and (folder / "dataset.json").is_file():

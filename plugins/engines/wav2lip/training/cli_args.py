@@ -213,19 +213,19 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def run_train(host: object, args: argparse.Namespace) -> int:
     """Runs the ``anchorcast train`` action parsed by :func:`configure_train` (imports it only now)."""
     if args.train_action == "prepare":
-        from anchorcast_plugins.training.prepare import run_prepare
+        from anchorcast_plugins.engines.wav2lip.training.prepare import run_prepare
 
         return run_prepare(host, args)
     if args.train_action == "synth":
-        from anchorcast_plugins.training.synth import run_synth
+        from anchorcast_plugins.engines.wav2lip.training.synth import run_synth
 
         return run_synth(host, args)
     if args.train_action == "syncnet":
-        from anchorcast_plugins.training.syncnet import run_syncnet
+        from anchorcast_plugins.engines.wav2lip.training.syncnet import run_syncnet
 
         return run_syncnet(host, args)
     if args.train_action in ("generator", "finetune", "gan"):
-        from anchorcast_plugins.training.generator import run_generator
+        from anchorcast_plugins.engines.wav2lip.training.generator import run_generator
 
         return run_generator(host, args, args.train_action)
     from anchorcast.errors import InputError

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.wav2lip.devices import DeviceChoice, select_device, synchronize
+from anchorcast_plugins.engines.wav2lip.devices import DeviceChoice, select_device, synchronize
 
 BACKEND_VERSION = 1
 """Bump when an exported or quantised model would differ: old cache entries are then ignored."""

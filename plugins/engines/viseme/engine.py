@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from anchorcast.components import FrameJob
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
-from anchorcast_plugins.viseme.portrait import Box, PortraitRenderer, detect_face, load_image, parse_colour
-from anchorcast_plugins.viseme.shapes import (
+from anchorcast_plugins.engines.viseme.portrait import Box, PortraitRenderer, detect_face, load_image, parse_colour
+from anchorcast_plugins.engines.viseme.shapes import (
     REST,
     MouthShape,
     Viseme,
@@ -22,7 +22,7 @@ from anchorcast_plugins.viseme.shapes import (
     shape_from_phonemes,
     voice_gate,
 )
-from anchorcast_plugins.viseme.sprites import SpriteRenderer
+from anchorcast_plugins.engines.viseme.sprites import SpriteRenderer
 
 SPRITE_BACKGROUND = (30, 36, 48)
 """The sprite backdrop when ``background = "blur"`` (a sprite has nothing to blur): a dark studio blue."""
@@ -42,7 +42,7 @@ class Renderer(Protocol):
 
 def bundled_avatar() -> Path:
     """The default portrait shipped with anchorcast (a public-domain NASA photograph)."""
-    return Path(str(resources.files("anchorcast_plugins") / "assets" / "astronaut.png"))
+    return Path(str(resources.files("anchorcast_plugins.engines") / "assets" / "astronaut.png"))
 
 
 class VisemeEngine:

@@ -33,7 +33,7 @@ def anchorcast_register_engines(host: Any, register: Any) -> None:
 
 
 def _create_engine(host: Any, settings: dict[str, Any]) -> Any:
-    from anchorcast_plugins.wav2lip.engine import Wav2LipEngine
+    from anchorcast_plugins.engines.wav2lip.engine import Wav2LipEngine
 
     return Wav2LipEngine(settings)
 
@@ -46,36 +46,36 @@ def anchorcast_register_commands(host: Any, register: Any) -> None:
 
 
 def _configure_weights(parser: Any) -> None:
-    from anchorcast_plugins.wav2lip.cli_args import configure_weights
+    from anchorcast_plugins.engines.wav2lip.cli_args import configure_weights
 
     configure_weights(parser)
 
 
 def _run_weights(host: Any, args: Any) -> int:
-    from anchorcast_plugins.wav2lip.weights_store import run_weights
+    from anchorcast_plugins.engines.wav2lip.weights_store import run_weights
 
     return run_weights(host, args)
 
 
 def _configure_avatar(parser: Any) -> None:
-    from anchorcast_plugins.wav2lip.cli_args import configure_avatar
+    from anchorcast_plugins.engines.wav2lip.cli_args import configure_avatar
 
     configure_avatar(parser)
 
 
 def _run_avatar(host: Any, args: Any) -> int:
-    from anchorcast_plugins.wav2lip.avatar import run_avatar
+    from anchorcast_plugins.engines.wav2lip.avatar import run_avatar
 
     return run_avatar(host, args)
 
 
 def _configure_train(parser: Any) -> None:
-    from anchorcast_plugins.training.cli_args import configure_train
+    from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_train
 
     configure_train(parser)
 
 
 def _run_train(host: Any, args: Any) -> int:
-    from anchorcast_plugins.training.cli_args import run_train
+    from anchorcast_plugins.engines.wav2lip.training.cli_args import run_train
 
     return run_train(host, args)

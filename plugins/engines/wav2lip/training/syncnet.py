@@ -44,7 +44,7 @@ from rich.table import Table
 from torch.nn import functional as F
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.training.common import (
+from anchorcast_plugins.engines.wav2lip.training.common import (
     RunFolder,
     TrainingInterrupted,
     evaluation,
@@ -54,8 +54,8 @@ from anchorcast_plugins.training.common import (
     step_rng,
     training_device,
 )
-from anchorcast_plugins.training.dataset import MEL_STEP, SYNC_FRAMES, Dataset, lower_halves, mel_start
-from anchorcast_plugins.training.offsets import ClipEmbeddings
+from anchorcast_plugins.engines.wav2lip.training.dataset import MEL_STEP, SYNC_FRAMES, Dataset, lower_halves, mel_start
+from anchorcast_plugins.engines.wav2lip.training.offsets import ClipEmbeddings
 
 STAGE_NAMES = ("all", "margin", "filtered")
 FILTER_FILE = "filtered.json"
@@ -194,7 +194,7 @@ class SyncNetTrainer:
     """The expert, its Adam optimiser and one training step; usable without the CLI (tests, benchmarks)."""
 
     def __init__(self, device: str = "cpu", lr: float = 1e-4, seed: int = 0, bf16: bool = False) -> None:
-        from anchorcast_plugins.wav2lip.models import SyncNet
+        from anchorcast_plugins.engines.wav2lip.models import SyncNet
 
         set_seeds(seed)
         self.device = device

@@ -2,7 +2,7 @@
 
 Per run: weights are resolved (a store name or a path) and verified; the avatar folder is opened (prepared on
 first use); the face encoder runs once per avatar frame and its features are cached on disk, keyed by the
-weights; a backend is chosen (see :mod:`anchorcast_plugins.wav2lip.backends`). Per batch: the scheduler's audio
+weights; a backend is chosen (see :mod:`anchorcast_plugins.engines.wav2lip.backends`). Per batch: the scheduler's audio
 contexts become the reference's (80, 16) mel windows, the backend predicts the 96x96 lower faces, and each is pasted
 back over the face box with the avatar's feathered mask, scaled by the frame's speech presence (so speech blends in
 and out and silent frames are the avatar untouched).
@@ -24,8 +24,8 @@ import numpy.typing as npt
 from anchorcast.components import FrameJob
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
-from anchorcast_plugins.wav2lip.audio import LOOKBEHIND_SAMPLES, SAMPLE_RATE, FrameMel, lookahead_samples
-from anchorcast_plugins.wav2lip.avatar import Avatar, open_avatar
+from anchorcast_plugins.engines.wav2lip.audio import LOOKBEHIND_SAMPLES, SAMPLE_RATE, FrameMel, lookahead_samples
+from anchorcast_plugins.engines.wav2lip.avatar import Avatar, open_avatar
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Layout:
     """Where the avatar's frames sit in the output: scaled to fit, centred over a blurred copy of the first frame."""
 
     def __init__(self, avatar_size: tuple[int, int], fmt: StreamFormat, backdrop_source: Image) -> None:
-        from anchorcast_plugins.viseme.portrait import blurred_backdrop
+        from anchorcast_plugins.engines.viseme.portrait import blurred_backdrop
 
         width, height = avatar_size
         self.scale = min(fmt.width / width, fmt.height / height)
@@ -83,10 +83,10 @@ class Wav2LipEngine:
     # --- set-up --------------------------------------------------------------------------------------------
 
     def open(self, fmt: StreamFormat) -> None:
-        from anchorcast_plugins.wav2lip.backends import backend_for_avatar
-        from anchorcast_plugins.wav2lip.checkpoints import build_model
-        from anchorcast_plugins.wav2lip.devices import select_device
-        from anchorcast_plugins.wav2lip.weights_store import resolve_weights, weights_id
+        from anchorcast_plugins.engines.wav2lip.backends import backend_for_avatar
+        from anchorcast_plugins.engines.wav2lip.checkpoints import build_model
+        from anchorcast_plugins.engines.wav2lip.devices import select_device
+        from anchorcast_plugins.engines.wav2lip.weights_store import resolve_weights, weights_id
 
         started = time.perf_counter()
         self._fmt = fmt
@@ -105,7 +105,7 @@ class Wav2LipEngine:
 
         avatar_path: Path | None = self.settings.get("avatar")
         if avatar_path is None:
-            from anchorcast_plugins.viseme.engine import bundled_avatar
+            from anchorcast_plugins.engines.viseme.engine import bundled_avatar
 
             avatar_path = bundled_avatar()
         face_box = self.settings.get("face_box")
@@ -134,8 +134,8 @@ class Wav2LipEngine:
         """Mel windows of real speech for calibrating a quantised backend: a sentence from the in-process
         eSpeak NG voice (milliseconds to make, nothing to download)."""
         from anchorcast.media import TextSegment
-        from anchorcast_plugins.espeak_voice import EspeakVoice
-        from anchorcast_plugins.wav2lip.audio import mel_windows, melspectrogram
+        from anchorcast_plugins.voices.espeak_voice import EspeakVoice
+        from anchorcast_plugins.engines.wav2lip.audio import mel_windows, melspectrogram
 
         voice = EspeakVoice("en")
         text = "Good evening. Here is the news: markets rose, and the weather stays mild over the weekend."

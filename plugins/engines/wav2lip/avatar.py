@@ -50,7 +50,7 @@ import numpy.typing as npt
 from anchorcast.errors import InputError
 from anchorcast.media import Image
 from anchorcast.storage import anchorcast_home, file_sha256
-from anchorcast_plugins.faces import FaceBox, FaceDetector
+from anchorcast_plugins.engines.faces import FaceBox, FaceDetector
 
 AVATAR_FORMAT_VERSION = 1
 INFO_FILE = "avatar.json"

@@ -8,7 +8,7 @@ A data set folder holds:
 - ``clips/<id>/faces.npy``: (N, 96, 96, 3) uint8 BGR face crops, as the Wav2Lip models take them;
 - ``clips/<id>/audio.npy``: float32 mono 16 kHz, exactly ``N * 640`` samples (the clip's frames' own audio);
 - ``clips/<id>/mel.npy``: the (80, T) reference mel spectrogram of that audio (see
-  :func:`anchorcast_plugins.wav2lip.audio.melspectrogram`).
+  :func:`anchorcast_plugins.engines.wav2lip.audio.melspectrogram`).
 
 SyncNet pairs follow the reference's training indexing: the five frames starting at frame ``t`` go with the mel
 window ``mel[:, int(80 * t / 25) : + 16]``; a negative takes the window of another start ``u`` in the same clip
@@ -301,7 +301,7 @@ class DatasetWriter:
             truth: dict[str, Any] | None = None) -> dict[str, Any]:
         """Stores one clip: ``faces`` (N,96,96,3) uint8 BGR; ``audio`` 16 kHz mono, cut or padded with silence
         to ``N * 640`` samples; its mel spectrogram is computed here."""
-        from anchorcast_plugins.wav2lip.audio import melspectrogram
+        from anchorcast_plugins.engines.wav2lip.audio import melspectrogram
 
         if not _ID_PATTERN.match(cid) or any(e["id"] == cid for e in self.entries):
             raise ValueError(f"clip id {cid!r} is not a valid, unique folder name")

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from anchorcast.errors import InputError
 from anchorcast.media import Image
-from anchorcast_plugins.training.dataset import (
+from anchorcast_plugins.engines.wav2lip.training.dataset import (
     CLIPS_DIR,
     FACES_FILE,
     FPS,
@@ -92,14 +92,14 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
     """Writes the data set ``out`` from ``videos`` (files or folders) and reports what was kept and dropped.
 
     With ``expert`` (a syncnet weights name or file) every clip is checked by
-    :func:`~anchorcast_plugins.training.offsets.sync_offset` and dropped when the expert's best audio offset is
+    :func:`~anchorcast_plugins.engines.wav2lip.training.offsets.sync_offset` and dropped when the expert's best audio offset is
     more than ``max_offset`` frames from zero.
 
     Speakers are ``speaker`` when given, else each video's parent folder name. Raises InputError when no video
     gives a single clip (naming why each was dropped) or an option is out of range.
     """
-    from anchorcast_plugins.faces import FaceDetector
-    from anchorcast_plugins.wav2lip.avatar import DEFAULT_PADS, DEFAULT_SMOOTH_WINDOW
+    from anchorcast_plugins.engines.faces import FaceDetector
+    from anchorcast_plugins.engines.wav2lip.avatar import DEFAULT_PADS, DEFAULT_SMOOTH_WINDOW
 
     if min_seconds <= 0 or max_seconds < min_seconds:
         raise InputError(f"need 0 < --min-seconds <= --max-seconds, got {min_seconds} and {max_seconds}")
@@ -146,13 +146,13 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
 
 
 def _load_scorer(expert: str) -> Any:
-    from anchorcast_plugins.training.generator import load_expert
+    from anchorcast_plugins.engines.wav2lip.training.generator import load_expert
 
     return load_expert(expert, "cpu")
 
 
 def _drop_off_sync(writer: DatasetWriter, expert: Any, max_offset: int, dropped: list[tuple[str, str]]) -> None:
-    from anchorcast_plugins.training.offsets import sync_offset
+    from anchorcast_plugins.engines.wav2lip.training.offsets import sync_offset
 
     for entry in list(writer.entries):
         folder = writer.partial / CLIPS_DIR / entry["id"]
@@ -182,8 +182,8 @@ def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: 
     if usable_frames < min_frames:
         raise _Dropped(f"too short: {len(audio) / SAMPLE_RATE:.2f} s of sound (under --min-seconds "
                        f"{min_seconds:g})")
-    from anchorcast_plugins.training.synth import crop_faces
-    from anchorcast_plugins.wav2lip.avatar import pad_box, smooth_boxes
+    from anchorcast_plugins.engines.wav2lip.training.synth import crop_faces
+    from anchorcast_plugins.engines.wav2lip.avatar import pad_box, smooth_boxes
 
     clips = 0
     lost = small = total = 0

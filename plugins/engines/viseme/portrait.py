@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
-from anchorcast_plugins.viseme.shapes import MouthShape
+from anchorcast_plugins.engines.viseme.shapes import MouthShape
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -75,7 +75,7 @@ def load_image(path: Path) -> Image:
 
 def detect_face(image: Image) -> Box | None:
     """The largest confident frontal face in an RGB image (OpenCV's bundled Haar cascade), or None."""
-    from anchorcast_plugins.faces import FaceDetector
+    from anchorcast_plugins.engines.faces import FaceDetector
 
     found = FaceDetector(missing_hint="give the face box as face_box = [x, y, w, h]").detect(image)
     return Box(*found) if found is not None else None

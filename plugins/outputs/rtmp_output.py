@@ -45,7 +45,7 @@ from anchorcast.clock import MediaClock
 from anchorcast.components import Setting
 from anchorcast.errors import AnchorcastError, InputError
 from anchorcast.media import AudioChunk, FloatAudio, Image, StreamFormat, VideoFrame
-from anchorcast_plugins.file_output import (
+from anchorcast_plugins.outputs.file_output import (
     AAC_MAX_BITS_PER_SAMPLE,
     AVCOL_RANGE_MPEG,
     AVCOL_SPC_SMPTE170M,
@@ -225,7 +225,7 @@ class RtmpOutput:
         self._fatal = None
         self._first_answer.clear()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "anchorcast_plugins.rtmp_output"],
+            [sys.executable, "-m", "anchorcast_plugins.outputs.rtmp_output"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches the host, which then ends the stream cleanly

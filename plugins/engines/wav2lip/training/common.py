@@ -195,7 +195,7 @@ class RunFolder:
     def load_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: str,
                         companions: Companions | None = None) -> tuple[int, dict]:
         """Restores weights, optimizer and RNG states (and the companions'); returns ``(step, extra)`` as saved."""
-        from anchorcast_plugins.wav2lip.checkpoints import load_checkpoint
+        from anchorcast_plugins.engines.wav2lip.checkpoints import load_checkpoint
 
         loaded = load_checkpoint(self.weights_path, self.kind)
         model.load_state_dict(loaded.state_dict, strict=True)
@@ -258,7 +258,7 @@ def training_device(request: str = "auto", bf16: bool = False) -> tuple[str, str
     """``(torch device, description)`` for ``--device`` (auto: MLU, then CUDA, then CPU). Training keeps float32
     weights everywhere, whatever precision the engine would use for inference on that device; ``bf16`` (the
     ``--bf16`` autocast) is named in the description."""
-    from anchorcast_plugins.wav2lip.devices import select_device
+    from anchorcast_plugins.engines.wav2lip.devices import select_device
 
     choice = select_device(request)
     precision = "float32 weights, bfloat16 autocast" if bf16 else "float32"

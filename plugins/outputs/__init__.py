@@ -1,0 +1,1 @@
+"""Outputs: where the frames and their audio go (files, RTMP, virtual camera, OBS control, captions)."""
