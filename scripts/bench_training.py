@@ -99,8 +99,8 @@ def window_batch(batch: int) -> Any:
 
 def generator_runner(batch: int, device: str, bf16: bool, *, disc: float = 0.0, **options: Any) -> StepRunner:
     """One :class:`GeneratorTrainer` step with the sync term on, against a random-weight expert."""
-    from anchorcast_plugins.engines.wav2lip.training.generator import GeneratorTrainer, LossWeights
     from anchorcast_plugins.engines.wav2lip.models import SyncNet
+    from anchorcast_plugins.engines.wav2lip.training.generator import GeneratorTrainer, LossWeights
 
     expert = SyncNet().to(device)
     trainer = GeneratorTrainer(expert, device, lr=1e-4, seed=0, bf16=bf16, **options)

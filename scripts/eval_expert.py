@@ -28,7 +28,13 @@ from rich.table import Table
 
 from anchorcast.errors import InputError
 from anchorcast_plugins.engines.wav2lip.training.dataset import Dataset
-from anchorcast_plugins.engines.wav2lip.training.syncnet import PairSampler, SyncNetTrainer, evaluate, evaluate_clips, some_clips
+from anchorcast_plugins.engines.wav2lip.training.syncnet import (
+    PairSampler,
+    SyncNetTrainer,
+    evaluate,
+    evaluate_clips,
+    some_clips,
+)
 
 
 def split(dataset: Dataset, run: Path | None, heldout: float, seed: int) -> tuple[Dataset, Dataset, str]:

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_prepare, configure_synth, configure_train, run_train
+from anchorcast_plugins.engines.wav2lip.training.cli_args import (
+    configure_prepare,
+    configure_synth,
+    configure_train,
+    run_train,
+)
 from anchorcast_plugins.engines.wav2lip.training.dataset import (
     INFO_FILE,
     Dataset,

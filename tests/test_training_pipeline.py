@@ -24,7 +24,12 @@ from anchorcast_plugins.engines.wav2lip.training.generator import (
     train_generator,
 )
 from anchorcast_plugins.engines.wav2lip.training.losses import mouth_jitter, mouth_motion, ms_ssim
-from anchorcast_plugins.engines.wav2lip.training.synth import SENTENCES, SPEAKERS, SyntheticTalker, make_synthetic_dataset
+from anchorcast_plugins.engines.wav2lip.training.synth import (
+    SENTENCES,
+    SPEAKERS,
+    SyntheticTalker,
+    make_synthetic_dataset,
+)
 from tests.mp4 import write_video
 
 FMT = StreamFormat(640, 360, Fraction(25), 16000)
@@ -219,9 +224,9 @@ def test_bad_options_are_one_clear_message(tiny, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gan_resumes_after_ctrl_c_with_its_discriminator_and_sync_state(tiny, tmp_path: Path) -> None:
-    from anchorcast_plugins.engines.wav2lip.training.common import TrainingInterrupted
     from anchorcast_plugins.engines.wav2lip.checkpoints import load_checkpoint
     from anchorcast_plugins.engines.wav2lip.models import SyncNet, Wav2Lip
+    from anchorcast_plugins.engines.wav2lip.training.common import TrainingInterrupted
 
     torch.manual_seed(0)
     expert, start = tmp_path / "expert.safetensors", tmp_path / "start.safetensors"

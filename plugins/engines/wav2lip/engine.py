@@ -134,8 +134,8 @@ class Wav2LipEngine:
         """Mel windows of real speech for calibrating a quantised backend: a sentence from the in-process
         eSpeak NG voice (milliseconds to make, nothing to download)."""
         from anchorcast.media import TextSegment
-        from anchorcast_plugins.voices.espeak_voice import EspeakVoice
         from anchorcast_plugins.engines.wav2lip.audio import mel_windows, melspectrogram
+        from anchorcast_plugins.voices.espeak_voice import EspeakVoice
 
         voice = EspeakVoice("en")
         text = "Good evening. Here is the news: markets rose, and the weather stays mild over the weekend."

@@ -54,7 +54,14 @@ from anchorcast_plugins.engines.wav2lip.training.common import (
     step_rng,
     training_device,
 )
-from anchorcast_plugins.engines.wav2lip.training.dataset import MEL_STEP, SYNC_FRAMES, Clip, Dataset, last_start_by_mel, mel_start
+from anchorcast_plugins.engines.wav2lip.training.dataset import (
+    MEL_STEP,
+    SYNC_FRAMES,
+    Clip,
+    Dataset,
+    last_start_by_mel,
+    mel_start,
+)
 from anchorcast_plugins.engines.wav2lip.training.losses import (
     ExpertFeatures,
     frames_to_windows,

@@ -15,7 +15,13 @@ import numpy.typing as npt
 import torch
 
 from anchorcast_plugins.engines.wav2lip.training.common import evaluation, mixed_precision
-from anchorcast_plugins.engines.wav2lip.training.dataset import MEL_STEP, SYNC_FRAMES, lower_halves, mel_start, sync_start_count
+from anchorcast_plugins.engines.wav2lip.training.dataset import (
+    MEL_STEP,
+    SYNC_FRAMES,
+    lower_halves,
+    mel_start,
+    sync_start_count,
+)
 
 OFFSET_SEARCH = 8
 """Frames searched either side of 0 by :func:`sync_offset`."""

@@ -182,8 +182,8 @@ def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: 
     if usable_frames < min_frames:
         raise _Dropped(f"too short: {len(audio) / SAMPLE_RATE:.2f} s of sound (under --min-seconds "
                        f"{min_seconds:g})")
-    from anchorcast_plugins.engines.wav2lip.training.synth import crop_faces
     from anchorcast_plugins.engines.wav2lip.avatar import pad_box, smooth_boxes
+    from anchorcast_plugins.engines.wav2lip.training.synth import crop_faces
 
     clips = 0
     lost = small = total = 0

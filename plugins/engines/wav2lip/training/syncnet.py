@@ -54,7 +54,13 @@ from anchorcast_plugins.engines.wav2lip.training.common import (
     step_rng,
     training_device,
 )
-from anchorcast_plugins.engines.wav2lip.training.dataset import MEL_STEP, SYNC_FRAMES, Dataset, lower_halves, mel_start
+from anchorcast_plugins.engines.wav2lip.training.dataset import (
+    MEL_STEP,
+    SYNC_FRAMES,
+    Dataset,
+    lower_halves,
+    mel_start,
+)
 from anchorcast_plugins.engines.wav2lip.training.offsets import ClipEmbeddings
 
 STAGE_NAMES = ("all", "margin", "filtered")

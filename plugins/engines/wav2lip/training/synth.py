@@ -24,7 +24,13 @@ import numpy.typing as npt
 from anchorcast.components import FrameJob
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat, TextSegment, Timing
-from anchorcast_plugins.engines.wav2lip.training.dataset import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Dataset, DatasetWriter
+from anchorcast_plugins.engines.wav2lip.training.dataset import (
+    FPS,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    Dataset,
+    DatasetWriter,
+)
 
 SENTENCES = (
     "Good evening, and welcome to the late news.",
@@ -109,11 +115,11 @@ class SyntheticTalker:
     def __init__(self, speaker: SyntheticSpeaker, size: int = RENDER_SIZE) -> None:
         import soxr
 
-        from anchorcast_plugins.voices.espeak_voice import EspeakVoice
         from anchorcast_plugins.engines.faces import FaceDetector
         from anchorcast_plugins.engines.viseme.engine import VisemeEngine
         from anchorcast_plugins.engines.viseme.portrait import Box, PortraitRenderer
         from anchorcast_plugins.engines.wav2lip.avatar import DEFAULT_PADS, pad_box
+        from anchorcast_plugins.voices.espeak_voice import EspeakVoice
 
         self._resample = soxr.resample
         self.speaker = speaker
