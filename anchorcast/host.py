@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -118,22 +118,37 @@ class Host:
         on_progress: Callable[[int, int | None], None] = lambda aired, total: None,
         on_metrics: Callable[[dict[str, Any]], None] = lambda report: None,
         on_ready: Callable[[Scheduler], None] = lambda scheduler: None,
+        source: Source | None = None,
+        voice: Voice | None = None,
+        extra_outputs: Sequence[tuple[str, Output]] = (),
     ) -> dict[str, Any]:
         """Runs the profile's stream to its end (or until the scheduler is stopped); returns the metrics report.
 
-        Outputs are always closed, so an interrupted file output is still playable.
+        ``source`` and ``voice`` replace the profile's (the studio server's sessions are fed by the API);
+        ``extra_outputs`` run beside the profile's. Given components are opened and closed here like the
+        profile's own. Outputs are always closed, so an interrupted file output is still playable.
         """
         self.profile = profile
         fmt = self.format = profile.stream
         opened: list[Any] = []
+        scheduler: Scheduler | None = None
         try:
-            source: Source = self._open(profile.source, fmt, opened)
-            voice: Voice | None = self._open(profile.voice, fmt, opened) if profile.voice else None
+            if source is not None:
+                self._open_given(source, fmt, opened)
+            else:
+                source = self._open(profile.source, fmt, opened)
+            if voice is not None:
+                self._open_given(voice, fmt, opened)
+            elif profile.voice:
+                voice = self._open(profile.voice, fmt, opened)
             engine: LipEngine = self._open(profile.engine, fmt, opened)
             fallback: LipEngine | None = self._open(profile.fallback, fmt, opened) if profile.fallback else None
             outputs: list[tuple[str, Output]] = [
                 (label, self._open(stage, fmt, opened)) for label, stage in profile.outputs.items()
             ]
+            for label, output in extra_outputs:
+                self._open_given(output, fmt, opened)
+                outputs.append((label, output))
             live = profile.pace == "realtime" or (profile.pace == "auto" and any(o.live for _, o in outputs))
             config = replace(profile.scheduler, live=live)
 
@@ -141,17 +156,20 @@ class Host:
                 self._report_metrics(report)
                 on_metrics(report)
 
-            self.scheduler = Scheduler(
+            scheduler = self.scheduler = Scheduler(
                 fmt, config, source, voice, engine, outputs,
                 fallback=fallback, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
             )
             self._call_guarded("anchorcast_startup", {"host": self})
-            on_ready(self.scheduler)
-            return self.scheduler.run()
+            on_ready(scheduler)
+            return scheduler.run()
         finally:
-            self._close_all(opened)
-            if self.scheduler is not None:
-                self.last_report = self.scheduler.report()
+            closed_already = scheduler.closed_outputs() if scheduler is not None else []
+            self._close_all([c for c in opened if not any(c is done for done in closed_already)])
+            if scheduler is not None:
+                self.last_report = scheduler.report()
+            # from now on an event posted to this host is emitted at once, not queued for a run that is over
+            self.scheduler = None
             self._call_guarded("anchorcast_shutdown", {"host": self})
 
     def stop(self) -> None:
@@ -163,6 +181,11 @@ class Host:
         """Drops queued speech and frames; the anchor is idle from the next frame (plugins may call this)."""
         if self.scheduler is not None:
             self.scheduler.interrupt(reason)
+
+    @staticmethod
+    def _open_given(component: Any, fmt: StreamFormat, opened: list[Any]) -> None:
+        component.open(fmt)
+        opened.append(component)
 
     def _open(self, stage: Stage, fmt: StreamFormat, opened: list[Any]) -> Any:
         component = self.build(stage)

@@ -179,6 +179,35 @@ class Interrupt(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class UtteranceStarted(Event):
+    """The first sample of utterance ``utterance`` (an id its source gave) is on air.
+
+    A source yields it just before the utterance's text or audio; the scheduler places it where that audio
+    starts on the timeline, so it airs with its first frame.
+    """
+
+    utterance: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnded(Event):
+    """The last sample of utterance ``utterance`` has aired (yielded by a source after its text or audio)."""
+
+    utterance: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputState(Event):
+    """An output changed state: ``"failed"`` (taken off the stream), ``"reconnecting"`` or ``"restored"``."""
+
+    output: str = ""
+    state: str = ""
+    detail: str = ""
+
+
 _EVENT_KINDS: dict[type, str] = {
     Event: "event",
     SpeechStarted: "speech_started",
@@ -187,4 +216,7 @@ _EVENT_KINDS: dict[type, str] = {
     Cue: "cue",
     Overrun: "overrun",
     Interrupt: "interrupt",
+    UtteranceStarted: "utterance_started",
+    UtteranceEnded: "utterance_ended",
+    OutputState: "output_state",
 }

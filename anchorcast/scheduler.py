@@ -33,10 +33,13 @@ from anchorcast.media import (
     Event,
     Image,
     Interrupt,
+    OutputState,
     Overrun,
     Speech,
     StreamFormat,
     TextSegment,
+    UtteranceEnded,
+    UtteranceStarted,
     VideoFrame,
 )
 from anchorcast.metrics import RunMetrics
@@ -199,6 +202,10 @@ class Scheduler:
         self._feed_lock = threading.Lock()
         self._lead_in_done = False
         self._pending_events: list[Event] = []
+        self._starts: list[Event] = []  # a source's start marks, placed where its next audio begins
+        self._underran = False  # the live playout ran out of audio and padded silence
+        self.failed_outputs: dict[str, str] = {}
+        self._closers: list[tuple[Output, threading.Thread]] = []
 
     # --- public ------------------------------------------------------------------------------------------
 
@@ -213,6 +220,7 @@ class Scheduler:
             self.stop()
             for thread in self._threads:
                 thread.join(timeout=5)
+            self.closed_outputs()
             self.metrics.stop()
         self._raise_worker_error()
         return self.report()
@@ -240,7 +248,11 @@ class Scheduler:
             index = self._next_to_take
             cut = self.clock.frame_start(index)
             if self.source.live:
+                # live audio within the latency budget is silenced (the clock keeps its lead); anything read
+                # further ahead (queued speech) is dropped, so what comes next is not held back behind it
                 self.timeline.mute_from(cut)
+                self.timeline.truncate(cut + self.clock.seconds_to_samples(self.config.latency_budget_ms / 1000))
+                self._starts.clear()
             else:
                 self.timeline.truncate(cut)
                 if self.timeline.finished:
@@ -266,13 +278,19 @@ class Scheduler:
             generation = self._generation  # an interrupt from here on discards this item's speech
             if generation and not self.source.live:
                 break  # an interrupt drops everything a script or a file had still to say
+            if isinstance(item, Event):
+                self._place_mark(item, generation)
+                continue
             if isinstance(item, AudioChunk):
                 samples = self._resample.chunk(item.samples, item.sample_rate)
                 with self._feed_lock:
                     if generation != self._generation and not self.source.live:
                         break
                     self._lead_in()
+                    gap = self._resume_live()
+                    self._place_starts()
                     self.timeline.append_audio(samples)
+                    spoken_before = spoken_before and not gap
                 continue
             for number, speech in enumerate(self._speak(item)):
                 if self._stop.is_set():
@@ -287,8 +305,9 @@ class Scheduler:
                     if generation != self._generation:
                         break  # interrupted while this segment was being synthesized
                     self._lead_in()
-                    if spoken_before:
+                    if not self._resume_live() and spoken_before:
                         self.timeline.append_silence(pause)
+                    self._place_starts()
                     self.timeline.append_speech(speech, events)
                     spoken_before = True
         with self._feed_lock:  # an interrupt in between would cut the tail and not add it back
@@ -297,6 +316,38 @@ class Scheduler:
                 self.timeline.append_audio(tail)
             self.timeline.append_silence(self.clock.seconds_to_samples(config.tail_ms / 1000))
             self.timeline.finish()
+
+    def _place_mark(self, mark: Event, generation: int) -> None:
+        """A source's own event (an utterance's start or end). A start airs with the first frame of the audio
+        that follows it; anything else where the audio so far ends."""
+        with self._feed_lock:
+            if generation != self._generation:
+                return
+            if isinstance(mark, UtteranceStarted):
+                self._starts.append(mark)
+                return
+            if isinstance(mark, UtteranceEnded):
+                self._place_starts()  # an utterance that gave no audio still starts before it ends
+            self.timeline.add_event(mark)
+            if isinstance(mark, UtteranceEnded) and self.source.live:
+                # room for the mouth to close: the frames blending out of speech need audio after it
+                closing = self.config.blend_ms / 1000 + self.engine.lookahead + 2 * self.fmt.frame_duration
+                self.timeline.append_silence(self.clock.seconds_to_samples(closing))
+
+    def _place_starts(self) -> None:
+        for mark in self._starts:
+            self.timeline.add_event(mark)
+        self._starts.clear()
+
+    def _resume_live(self) -> bool:
+        """Live audio that arrives after the playout ran dry airs one latency budget from now, as the first
+        audio did: without this it would be due at once and every frame of it would be late. True when a gap
+        was inserted."""
+        if not (self.config.live and self.source.live and self._underran and self._air_start is not None):
+            return False
+        self._underran = False
+        due = time.monotonic() + self.config.latency_budget_ms / 1000 - self._air_start
+        return self.timeline.pad_to(self.clock.seconds_to_samples(due)) > 0
 
     def _lead_in(self) -> None:
         """The silence before the first words, appended with the first audio: the live clock starts when real
@@ -307,7 +358,7 @@ class Scheduler:
             if not self.source.live:
                 self.timeline.append_silence(self.clock.seconds_to_samples(self.config.lead_in_ms / 1000))
 
-    def _items(self) -> Iterator[TextSegment | AudioChunk]:
+    def _items(self) -> Iterator[TextSegment | AudioChunk | Event]:
         return iter(self.source.items())
 
     def _speak(self, segment: TextSegment) -> Iterator[Speech]:
@@ -356,7 +407,7 @@ class Scheduler:
             with self._frames_cond:
                 if generation != self._generation:
                     generation, index = self._generation, self._next_to_air
-                index = max(index, self._next_to_air)
+                index = max(index, self._next_to_take)  # the playout has committed to the frames before it
                 if index - self._next_to_air >= ahead_frames:
                     self._frames_cond.wait(_POLL_S)
                     continue
@@ -367,6 +418,8 @@ class Scheduler:
                 continue
             if not self.timeline.wait_for(self.clock.frame_end(index) + lookahead, _POLL_S):
                 continue
+            if index < self._next_to_take:
+                continue  # the audio came from the playout padding this frame: it is on air already
             available = self._frames_with_audio(index, cap, lookahead)
             size = choose_batch(available, cap, self._latency, time.monotonic(), self._deadline(index))
             if size == 0:
@@ -517,10 +570,12 @@ class Scheduler:
         if self.timeline.finished and index >= self._frame_count():
             return None
         end = self.clock.frame_end(index)
+        with self._frames_cond:
+            self._next_to_take = index + 1  # before padding: the renderer must not start on this frame now
         if self.timeline.pad_to(end):
+            self._underran = True
             self.metrics.count("silence_underrun")
         with self._frames_cond:
-            self._next_to_take = index + 1
             image = self._frames.pop(index, None)
             for stale in [k for k in self._frames if k < index]:
                 del self._frames[stale]
@@ -583,6 +638,8 @@ class Scheduler:
                     log.debug("output %s could not report its metrics", name, exc_info=True)
         if extra:
             report["outputs"] = extra
+        if self.failed_outputs:
+            report["failed_outputs"] = dict(self.failed_outputs)
         return report
 
     def post_event(self, event: Event) -> None:
@@ -603,16 +660,32 @@ class Scheduler:
         self._emit(event)
 
     def _output_failed(self, name: str, output: Output, error: Exception) -> None:
-        """A failing output is dropped from the stream and the others go on; the last one's failure ends the run."""
+        """A failing output is dropped from the stream and the others go on; the last one's failure ends the run.
+
+        It is closed on a thread of its own (a close that hangs on a dead network must not stall the frames on
+        air); :meth:`closed_outputs` tells the host, which then waits for that close instead of closing again.
+        """
         self.metrics.count(f"output_failed:{name}")
         if len(self.outputs) == 1:
             raise error
         log.error("output %s failed and was taken off the stream: %s: %s", name, type(error).__name__, error)
         self.outputs = [(n, o) for n, o in self.outputs if o is not output]
-        try:
-            output.close()
-        except Exception:  # already failing: its close error adds nothing
-            log.debug("closing the failed output %s also failed", name, exc_info=True)
+        self.failed_outputs[name] = f"{type(error).__name__}: {error}"
+        self.post_event(OutputState(self.clock.frame_pts(self._next_to_air), name, "failed", str(error)))
+        closer = threading.Thread(target=_close_quietly, args=(name, output), name=f"anchorcast-close-{name}",
+                                  daemon=True)
+        self._closers.append((output, closer))
+        closer.start()
+
+    def closed_outputs(self, timeout: float = 10.0) -> list[Output]:
+        """Outputs the scheduler took off the stream and closed itself, once their closes have finished (or
+        ``timeout`` passed: a close that hangs is left to its thread and logged)."""
+        deadline = time.monotonic() + timeout
+        for output, closer in self._closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+            if closer.is_alive():
+                log.error("closing the failed output %s did not finish in %.0f s", type(output).__name__, timeout)
+        return [output for output, _ in self._closers]
 
     # --- threads -------------------------------------------------------------------------------------------
 
@@ -634,3 +707,10 @@ class Scheduler:
     def _raise_worker_error(self) -> None:
         if self._errors:
             raise self._errors[0]
+
+
+def _close_quietly(name: str, output: Output) -> None:
+    try:
+        output.close()
+    except Exception:  # already failing: its close error adds nothing
+        log.debug("closing the failed output %s also failed", name, exc_info=True)
