@@ -99,6 +99,12 @@ def _parser(commands: dict[str, Any]) -> argparse.ArgumentParser:
     profile_sub.add_parser("list", help="list the bundled profiles")
 
     sub.add_parser("doctor", help="show versions, devices and optional components")
+
+    from anchorcast.server import serve
+
+    serve.configure(sub.add_parser("serve", help="run the studio server: sessions on air, driven over HTTP"))
+    serve.configure_say(sub.add_parser("say", help="make a running server's anchor say something"))
+    serve.configure_sessions(sub.add_parser("sessions", help="list a running server's sessions"))
     for command in commands.values():
         command.configure(sub.add_parser(command.name, help=command.summary))
     return parser
@@ -244,8 +250,29 @@ def command_doctor(_: Any, __: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(_: Any, args: argparse.Namespace) -> int:
+    from anchorcast.server.serve import command_serve as serve
+
+    return serve(args, console)
+
+
+def command_say(_: Any, args: argparse.Namespace) -> int:
+    from anchorcast.server.serve import command_say as say
+
+    return say(args, out)
+
+
+def command_sessions(_: Any, args: argparse.Namespace) -> int:
+    from anchorcast.server.serve import command_sessions as sessions
+
+    return sessions(args, out)
+
+
 _BUILTIN_COMMANDS = {
     "run": command_run,
+    "serve": command_serve,
+    "say": command_say,
+    "sessions": command_sessions,
     "plugins": command_plugins,
     "profile": command_profile,
     "doctor": command_doctor,

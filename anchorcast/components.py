@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from anchorcast.media import AudioChunk, FloatAudio, Image, Speech, StreamFormat, TextSegment, Timing, VideoFrame
+from anchorcast.media import (
+    AudioChunk,
+    Event,
+    FloatAudio,
+    Image,
+    Speech,
+    StreamFormat,
+    TextSegment,
+    Timing,
+    VideoFrame,
+)
 
 if TYPE_CHECKING:
     from anchorcast.host import Host
@@ -87,14 +97,16 @@ class FrameJob:
 class Source(Protocol):
     """Produces script segments for a voice to read, or audio chunks that go straight onto the timeline.
 
-    ``live`` sources (a microphone) deliver in real time; others may be read ahead.
+    ``live`` sources (a microphone, the studio server's API) deliver in real time; others may be read ahead.
+    A source may also yield an :class:`~anchorcast.media.Event` of its own (an utterance's start or end mark):
+    it airs where the audio around it airs (a start with the first frame of the audio that follows it).
     """
 
     live: bool
 
     def open(self, fmt: StreamFormat) -> None: ...
 
-    def items(self) -> Iterator[TextSegment | AudioChunk]: ...
+    def items(self) -> Iterator[TextSegment | AudioChunk | Event]: ...
 
     def close(self) -> None: ...
 
