@@ -120,11 +120,13 @@ class Host:
         on_ready: Callable[[Scheduler], None] = lambda scheduler: None,
         source: Source | None = None,
         voice: Voice | None = None,
+        engine: LipEngine | None = None,
         extra_outputs: Sequence[tuple[str, Output]] = (),
     ) -> dict[str, Any]:
         """Runs the profile's stream to its end (or until the scheduler is stopped); returns the metrics report.
 
-        ``source`` and ``voice`` replace the profile's (the studio server's sessions are fed by the API);
+        ``source``, ``voice`` and ``engine`` replace the profile's (the studio server's sessions are fed by the
+        API and share their engines);
         ``extra_outputs`` run beside the profile's. Given components are opened and closed here like the
         profile's own. Outputs are always closed, so an interrupted file output is still playable.
         """
@@ -141,7 +143,10 @@ class Host:
                 self._open_given(voice, fmt, opened)
             elif profile.voice:
                 voice = self._open(profile.voice, fmt, opened)
-            engine: LipEngine = self._open(profile.engine, fmt, opened)
+            if engine is not None:
+                self._open_given(engine, fmt, opened)
+            else:
+                engine = self._open(profile.engine, fmt, opened)
             fallback: LipEngine | None = self._open(profile.fallback, fmt, opened) if profile.fallback else None
             outputs: list[tuple[str, Output]] = [
                 (label, self._open(stage, fmt, opened)) for label, stage in profile.outputs.items()
@@ -164,8 +169,10 @@ class Host:
             on_ready(scheduler)
             return scheduler.run()
         finally:
-            closed_already = scheduler.closed_outputs() if scheduler is not None else []
-            self._close_all([c for c in opened if not any(c is done for done in closed_already)])
+            # outputs the scheduler closed itself, and components a stage that never ended still uses, are not
+            # closed here
+            skip = [*scheduler.closed_outputs(), *scheduler.busy_components()] if scheduler is not None else []
+            self._close_all([c for c in opened if not any(c is done for done in skip)])
             if scheduler is not None:
                 self.last_report = scheduler.report()
             # from now on an event posted to this host is emitted at once, not queued for a run that is over

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 OverrunPolicy = Literal["repeat", "idle", "fallback"]
 
 _POLL_S = 0.05
+WORKER_JOIN_S = 60.0
+"""How long the end of a run waits for a stage still at work (a voice finishing its sentence, an engine its
+batch); a stage still busy then is left running, and the host does not close what it uses."""
 _SAFETY = 1.25  # batch latency estimates are padded by this factor before comparing with a deadline
 
 
@@ -212,14 +215,13 @@ class Scheduler:
     def run(self) -> dict:
         """Streams until the source is exhausted (or :meth:`stop`); returns the final metrics report."""
         self.metrics.start()
-        self._spawn("anchorcast-feeder", self._feed)
-        self._spawn("anchorcast-renderer", self._render_loop)
+        self._spawn(_FEEDER, self._feed)
+        self._spawn(_RENDERER, self._render_loop)
         try:
             self._playout()
         finally:
             self.stop()
-            for thread in self._threads:
-                thread.join(timeout=5)
+            self._join_workers()
             self.closed_outputs()
             self.metrics.stop()
         self._raise_worker_error()
@@ -689,6 +691,27 @@ class Scheduler:
 
     # --- threads -------------------------------------------------------------------------------------------
 
+    def _join_workers(self) -> None:
+        deadline = time.monotonic() + WORKER_JOIN_S
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(min(5.0, max(0.0, deadline - time.monotonic())))
+                if not thread.is_alive():
+                    break
+                if time.monotonic() >= deadline:
+                    log.error("the %s is still busy after %.0f s: what it uses is left open", _ROLE[thread.name],
+                              WORKER_JOIN_S)
+                    break
+                log.warning("waiting for the %s to finish its work", _ROLE[thread.name])
+
+    def busy_components(self) -> list[Any]:
+        """Components a worker thread that did not end is still using: closing them under it would crash it."""
+        busy: list[Any] = []
+        for thread in self._threads:
+            if thread.is_alive():
+                busy += [self.source, self.voice] if thread.name == _FEEDER else [self.engine, self.fallback]
+        return [component for component in busy if component is not None]
+
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def guarded() -> None:
             try:
@@ -714,3 +737,7 @@ def _close_quietly(name: str, output: Output) -> None:
         output.close()
     except Exception:  # already failing: its close error adds nothing
         log.debug("closing the failed output %s also failed", name, exc_info=True)
+
+
+_FEEDER, _RENDERER = "anchorcast-feeder", "anchorcast-renderer"
+_ROLE = {_FEEDER: "source or voice", _RENDERER: "lip engine"}

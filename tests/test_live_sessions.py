@@ -84,7 +84,7 @@ def test_live_audio_after_a_gap_airs_one_latency_budget_later_without_overruns()
 
 def test_utterance_marks_air_with_the_first_and_last_frames_of_their_audio() -> None:
     silence = AudioChunk(np.zeros(640, np.float32), RATE)
-    steps = [silence, 0.3, UtteranceStarted(0.0, "u1", "hi"), AudioChunk(tone(0.48, RATE), RATE),
+    steps = [silence, 0.6, UtteranceStarted(0.0, "u1", "hi"), AudioChunk(tone(0.48, RATE), RATE),
              UtteranceEnded(0.0, "u1", "hi")]
     _, output, events, _ = run_live(steps, stop_after=1.5)
     started = next(e for e in events if isinstance(e, UtteranceStarted))
@@ -152,3 +152,49 @@ def test_a_failed_output_is_closed_once_and_never_stalls_the_frames_on_air() -> 
     assert gaps.max() < 0.2, gaps  # paced at 40 ms; a close on the playout thread would leave a 1 s hole
     states = [e for kind, e in plugin.calls if kind == "event" and e.kind == "output_state"]
     assert [(e.output, e.state) for e in states] == [("side", "failed")]
+
+
+class SlowVoice:
+    """A voice that takes its time over a sentence and records whether it was closed while speaking."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.speaking = False
+        self.closed_while_speaking = False
+        self.closed = False
+
+    def open(self, fmt: StreamFormat) -> None:
+        pass
+
+    def synthesize(self, segment: Any) -> Iterator[Any]:
+        from anchorcast.media import Speech
+
+        self.speaking = True
+        time.sleep(self.seconds)
+        self.speaking = False
+        yield Speech(tone(0.5, RATE), RATE, segment.text)
+
+    def close(self) -> None:
+        self.closed_while_speaking = self.speaking
+        self.closed = True
+
+
+def test_components_are_not_closed_under_a_stage_still_at_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anchorcast import scheduler as scheduler_module
+    from anchorcast.media import TextSegment
+    from tests.components import ListSource
+
+    plugin = RecordingPlugin()
+    host = Host.create(PluginPolicy(), entry_points=False, extra_plugins=(plugin,))
+    profile = host.load_profile(None, raw=make_profile())
+    voice = SlowVoice(6.0)  # longer than the 5 s the end of a run used to wait
+    threading.Timer(0.5, host.stop).start()
+    host.run(profile, source=ListSource([TextSegment("slow words", 0)]), voice=voice)
+    assert voice.closed and not voice.closed_while_speaking
+    # a stage that never finishes is left alone: the run still ends, and what it uses stays open
+    monkeypatch.setattr(scheduler_module, "WORKER_JOIN_S", 1.0)
+    stuck = SlowVoice(4.0)
+    threading.Timer(0.3, host.stop).start()
+    started = time.monotonic()
+    host.run(profile, source=ListSource([TextSegment("stuck", 0)]), voice=stuck)
+    assert time.monotonic() - started < 3.5 and not stuck.closed
