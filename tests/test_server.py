@@ -118,6 +118,24 @@ def test_two_sessions_speak_at_once_into_valid_mp4s_in_sync(server: StudioServer
         watcher.close()
 
 
+def test_sessions_share_one_engine_and_its_batches(server: StudioServer, client: Client) -> None:
+    sessions = [client.create_session("small") for _ in range(2)]
+    other = client.create_session("small", {"stream.width": 640, "stream.height": 360})
+    watchers = [Events(server, s) for s in sessions]
+    said = [client.say(s, "A sentence for both studios, long enough to overlap in time.") for s in sessions]
+    for watcher, utterance in zip(watchers, said, strict=True):
+        watcher.wait(watcher.of("utterance_ended", utterance), 60)
+    engines = httpx.get(f"{server.url}/v1/engines", headers=AUTH).json()["engines"]
+    shared = [e for e in engines if e["sessions"] == 2]
+    assert len(engines) == 2 and len(shared) == 1  # the 640x360 session has an engine of its own
+    assert shared[0]["sessions_per_call_max"] == 2 and shared[0]["frames"] > 100
+    for session in [*sessions, other]:
+        client.delete_session(session)
+    assert httpx.get(f"{server.url}/v1/engines", headers=AUTH).json()["engines"] == []
+    for watcher in watchers:
+        watcher.close()
+
+
 def test_say_interrupt_say(server: StudioServer, client: Client) -> None:
     session = client.create_session("small")
     events = Events(server, session)

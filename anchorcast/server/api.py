@@ -143,6 +143,11 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
         session = await run_in_threadpool(studio.create, body.profile or default_profile, dict(body.set), body.id)
         return Created(id=session.id, url=str(request.url_for("get_session", session_id=session.id)))
 
+    @app.get("/v1/engines", dependencies=authorized, tags=["server"])
+    async def engines() -> dict[str, Any]:
+        """The loaded engines, how many sessions share each and how their frames were batched."""
+        return {"engines": studio.engines.stats()}
+
     @app.get("/v1/sessions", dependencies=authorized, tags=["sessions"])
     async def list_sessions() -> dict[str, Any]:
         return {"sessions": [session.summary() for session in studio.list()]}

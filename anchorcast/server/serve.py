@@ -35,6 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder the sessions' files go to, one subfolder each (default: ./anchorcast-sessions)")
     parser.add_argument("--max-sessions", type=int, default=8, help="sessions at most (default 8)")
     parser.add_argument("--no-session", action="store_true", help="start with no session on air")
+    parser.add_argument("--separate-engines", action="store_true",
+                        help="give every session an engine of its own (default: sessions with the same engine, "
+                        "settings and stream format share one, their frames batched together)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser pages from this origin to call the API (repeatable; default: none)")
 
@@ -85,7 +88,8 @@ def command_serve(args: argparse.Namespace, console: Console) -> int:
         if profiles_dir.resolve() != given.parent.resolve():
             raise AnchorcastError(f"{given} is not in the --profiles folder {profiles_dir}")
     studio = Studio(StudioConfig(profiles_dir=profiles_dir, outputs_dir=args.outputs,
-                                 limits=ServerLimits(max_sessions=args.max_sessions)))
+                                 limits=ServerLimits(max_sessions=args.max_sessions),
+                                 share_engines=not args.separate_engines))
     token, generated = server_token()
     sock = bind(args.host, args.port)
     try:

@@ -20,6 +20,7 @@ from anchorcast.media import Cue, Event, FloatAudio, Interrupt, UtteranceEnded, 
 from anchorcast.profile import Profile
 from anchorcast.scheduler import Scheduler
 from anchorcast.server.control import ControlSource, QueueFull, Utterance
+from anchorcast.server.engines import EnginePool
 from anchorcast.server.fanout import Fanout
 from anchorcast.server.preview import PreviewOutput
 from anchorcast.server.voices import VoiceRouter, voice_stage
@@ -63,7 +64,7 @@ class Session:
     """A running profile. Create with :meth:`start`; :meth:`stop` finalises every output."""
 
     def __init__(self, session_id: str, profile: Profile, plugins_policy: Any, *, max_queue: int = 32,
-                 preview_fps: float = 10.0) -> None:
+                 preview_fps: float = 10.0, engines: EnginePool | None = None) -> None:
         self.id = session_id
         self.profile = profile
         self.created_at = time.time()
@@ -74,8 +75,10 @@ class Session:
         self.max_queue = max_queue
         self.preview = PreviewOutput(preview_fps)
         self.report: dict[str, Any] = {}
+        self.engines = engines
         self.utterances: dict[str, Utterance] = {}
         self._history: list[Utterance] = []
+        self._say_latencies: list[float] = []  # ms from queued to first frame on air, recent utterances
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._done = threading.Event()
@@ -125,10 +128,15 @@ class Session:
         voice_default = profile.voice or voice_stage(self.host, "espeak")
         voice = VoiceRouter(self.host, voice_default, self.source.voice_for)
         try:
-            self.host.run(
-                profile, source=self.source, voice=voice, extra_outputs=[("preview", self.preview)],
-                on_ready=self._on_ready,
-            )
+            engine = self.engines.acquire(self.host, profile.engine, profile.stream) if self.engines else None
+            try:
+                self.host.run(
+                    profile, source=self.source, voice=voice, engine=engine,
+                    extra_outputs=[("preview", self.preview)], on_ready=self._on_ready,
+                )
+            finally:
+                if engine is not None:
+                    engine.close()  # the host has closed it already unless the run failed before opening it
         except AnchorcastError as error:
             self.error = str(error)
             log.warning("session %s: %s", self.id, error)
@@ -218,6 +226,8 @@ class Session:
             if utterance is not None:
                 if isinstance(event, UtteranceStarted):
                     utterance.state, utterance.started_at, utterance.start_pts = "speaking", time.time(), event.pts
+                    self._say_latencies.append((utterance.started_at - utterance.queued_at) * 1000)
+                    del self._say_latencies[:-500]
                 else:
                     utterance.end_pts = event.pts
                     self._finish(utterance, "done")
@@ -265,10 +275,9 @@ class Session:
     def detail(self) -> dict[str, Any]:
         scheduler = self._scheduler
         report = scheduler.report() if scheduler is not None and self.running else self.report
-        stages = report.get("stages", {})
-        latency = stages.get("audio_to_air", {})
+        latency = report.get("stages", {}).get("audio_to_air", {})
         outputs = []
-        failed = {key.split(":", 1)[1] for key in report.get("counters", {}) if key.startswith("output_failed:")}
+        failed = set(report.get("failed_outputs", {}))
         for label, stage in self.profile.outputs.items():
             outputs.append({"name": label, "use": stage.use, "state": "failed" if label in failed else
                             ("open" if self.running else self.state),
@@ -289,6 +298,16 @@ class Session:
                 "latency_p95_ms": latency.get("p95_ms"),
                 "interrupts": report.get("interrupts", 0),
                 "dropped_frames": report.get("dropped_frames", 0),
+                "say_to_air_p50_ms": _percentile(self._say_latencies, 50),
+                "say_to_air_p95_ms": _percentile(self._say_latencies, 95),
             },
+            "report": report,
         }
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))], 1)
 

@@ -19,6 +19,7 @@ from typing import Any
 from anchorcast.errors import AnchorcastError, ProfileError
 from anchorcast.plugin_manager import PluginPolicy
 from anchorcast.profile import bundled_profiles, load_profile, plugin_settings, read_toml
+from anchorcast.server.engines import EnginePool
 from anchorcast.server.session import Session
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class StudioConfig:
     outputs_dir: Path = field(default_factory=lambda: Path("anchorcast-sessions"))
     limits: ServerLimits = field(default_factory=ServerLimits)
     preview_fps: float = 10.0
+    share_engines: bool = True
+    """Sessions with the same engine, settings and stream format share one loaded engine."""
 
 
 class Studio:
@@ -66,6 +69,7 @@ class Studio:
         self.outputs_dir = config.outputs_dir.expanduser().resolve()
         self.profiles_dir = config.profiles_dir.expanduser().resolve() if config.profiles_dir else None
         self._sessions: dict[str, Session] = {}
+        self.engines = EnginePool()
         self._starting = 0
         self._lock = threading.Lock()
 
@@ -153,7 +157,8 @@ class Studio:
             profile, policy = self.load(session_id, profile_name, assignments)
             profile.pace = "realtime"
             session = Session(session_id, profile, policy, max_queue=limits.max_queue,
-                              preview_fps=self.config.preview_fps)
+                              preview_fps=self.config.preview_fps,
+                              engines=self.engines if self.config.share_engines else None)
             session.start()
         finally:
             with self._lock:
