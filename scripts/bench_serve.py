@@ -148,6 +148,30 @@ def measure_server(server: StudioServer, api: httpx.Client, profile: str, count:
     }
 
 
+def say_latency(server: StudioServer, api: httpx.Client, profile: str, trials: int) -> list[float]:
+    """Milliseconds from POST say to the first frame of its speech on air (the utterance_started event), one
+    short sentence at a time on an idle session."""
+    session = api.post("/v1/sessions", json={"profile": profile}).json()["id"]
+    url = server.url.replace("http", "ws") + f"/v1/sessions/{session}/events"
+    latencies = []
+    time.sleep(1.0)
+    with connect(url, additional_headers=AUTH) as socket:
+        for _ in range(trials):
+            sent = time.time()
+            utterance = api.post(f"/v1/sessions/{session}/say", json={"text": "Good evening."}).json()["utterance"]
+            while True:
+                event = json.loads(socket.recv(60))
+                if event.get("utterance") != utterance:
+                    continue
+                if event["type"] == "utterance_started":
+                    latencies.append(1000 * (event["time"] - sent))
+                if event["type"] == "utterance_ended":
+                    break
+            time.sleep(0.3)
+    api.delete(f"/v1/sessions/{session}")
+    return latencies
+
+
 def measure_runs(folder: Path, profile: Path, count: int, text: str) -> dict[str, Any]:
     env = {**os.environ, "COLUMNS": "160"}
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -180,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="about how long each session speaks")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
-    parser.add_argument("--short", action="store_true", help="CI: 1 and 2 viseme sessions, 4 s of speech")
+    parser.add_argument("--trials", type=int, default=20, help="say -> first frame trials per engine")
+    parser.add_argument("--short", action="store_true", help="CI: 1 and 2 viseme sessions, 4 s of speech, 5 trials")
     args = parser.parse_args(argv)
     if args.short:
-        args.sessions, args.engines, args.seconds = "1,2", "viseme", 4.0
+        args.sessions, args.engines, args.seconds, args.trials = "1,2", "viseme", 4.0, 5
     counts = [int(n) for n in args.sessions.split(",")]
     text = SENTENCE * max(1, round(args.seconds / 6))
     console = Console(width=200)
@@ -193,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                    "sessions/call", "server CPU %", "N runs: fps", "N runs: overruns", "N runs: CPU %",
                    "CPU ratio"):
         table.add_column(column, justify="right")
+    latency_table = Table(title="say -> first frame of the speech on air, through the API (one idle session)",
+                          header_style="bold")
+    for column in ("engine", "trials", "p50 ms", "p95 ms", "latency budget ms"):
+        latency_table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory(prefix="anchorcast-bench-serve-") as scratch:
         folder = Path(scratch)
         if "wav2lip" in args.engines:
@@ -205,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             with server, httpx.Client(base_url=server.url, headers=AUTH, timeout=300) as api:
                 if engine == "wav2lip":  # the first load calibrates int8 and caches it: not part of the figures
                     api.delete(f"/v1/sessions/{api.post('/v1/sessions', json={'profile': engine}).json()['id']}")
+                trials = say_latency(server, api, engine, args.trials)
+                ordered = sorted(trials)
+                latency_table.add_row(engine, str(len(trials)), f"{statistics.median(trials):.0f}",
+                                      f"{ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]:.0f}",
+                                      "400")
                 for count in counts:
                     served = measure_server(server, api, engine, count, text)
                     runs = measure_runs(folder, server.profiles / f"{engine}.toml", count, text)
@@ -217,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     console.print(f"{engine} x{count}: done", highlight=False)
     console.print(table)
+    console.print(latency_table)
     return 0
 
 
