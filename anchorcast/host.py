@@ -27,7 +27,9 @@ class Host:
     """One anchorcast process: the plugin manager, the registry and (while running) the current stream.
 
     Attributes plugins may read: ``plugins`` (the :class:`PluginManager`), ``profile`` and ``format`` of the
-    current run, ``scheduler`` while a run is in progress, ``last_report`` (the latest metrics report).
+    current run, ``scheduler`` while a run is in progress, ``last_report`` (the latest metrics report),
+    ``session`` (the studio server's session id when this host runs one, else None: a session stays on air, so
+    components may behave as for a long broadcast, e.g. an idle anchor that blinks).
     """
 
     def __init__(self, manager: PluginManager) -> None:
@@ -37,6 +39,7 @@ class Host:
         self.scheduler: Scheduler | None = None
         self.last_report: dict[str, Any] = {}
         self.event_failures = 0
+        self.session: str | None = None
 
     @classmethod
     def create(

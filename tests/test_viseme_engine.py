@@ -375,3 +375,31 @@ def test_the_factory_builds_the_default_engine() -> None:
     frame = engine.render([FrameJob(0, 0.0, voiced(0.3)[:2200], 882, 735, 1.0)])[0]
     assert frame.shape == (360, 640, 3)
     engine.close()
+
+
+def test_idle_motion_blinks_and_breathes_deterministically_and_only_when_asked() -> None:
+    from anchorcast_plugins.engines.viseme.engine import create_engine
+
+    fmt = StreamFormat(640, 360, Fraction(25), 16000)
+    still = create_engine({"idle_motion": "auto"})  # auto outside a studio session: still
+    still.open(fmt)
+    assert still.motion is None and still.idle(0) is still.idle(100)
+    alive = create_engine({"idle_motion": "on"})
+    alive.open(fmt)
+    assert alive.motion is not None
+    closures = [alive.motion.closure(i) for i in range(25 * 30)]
+    blinks = [i for i in range(1, len(closures)) if closures[i] > 0 and closures[i - 1] == 0]
+    gaps = np.diff(blinks) / 25
+    assert len(blinks) >= 5 and gaps.min() >= 1.0 and gaps.max() <= 12.0  # every few seconds, not a twitch
+    closed = next(i for i, c in enumerate(closures) if c == 1.0)
+    base = alive.renderer.idle_frame.astype(np.int16)
+    x, y, w, h = alive.renderer.face_in_frame
+    eye_band = (slice(int(y + 0.25 * h), int(y + 0.55 * h)), slice(int(x), int(x + w)))
+    mouth_band = (slice(int(y + 0.7 * h), int(y + h)), slice(int(x), int(x + w)))
+    at_rest = np.abs(alive.idle(0).astype(np.int16) - base)
+    blink = np.abs(alive.idle(closed).astype(np.int16) - alive.idle(closed - 10).astype(np.int16))
+    assert at_rest.max() == 0  # frame 0: eyes open, no breath yet
+    assert blink[eye_band].mean() > 4 * max(1.0, blink[mouth_band].mean())  # the lids move, not the mouth
+    assert np.array_equal(alive.idle(closed), alive.idle(closed))  # the same frame every time
+    breath = np.abs(alive.idle(round(25 * 2.25)).astype(np.int16) - base)  # half a breath in, no blink
+    assert 0 < breath.mean() < 6

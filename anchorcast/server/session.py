@@ -85,6 +85,7 @@ class Session:
         self._stop_requested = False
         self._scheduler: Scheduler | None = None
         self.host = Host.create(plugins_policy, extra_plugins=(_SessionPlugin(self),))
+        self.host.session = session_id
         self._thread = threading.Thread(target=self._run, name=f"anchorcast-session-{session_id}", daemon=True)
 
     # --- lifecycle -----------------------------------------------------------------------------------

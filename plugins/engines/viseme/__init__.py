@@ -31,13 +31,15 @@ SETTINGS: dict[str, Setting] = {
                           'or a colour "#RRGGBB"'),
     "mouth_scale": Setting(float, 1.0, "how far the mouth opens: 0 never, 1 natural, up to 3",
                            minimum=0.0, maximum=3.0),
+    "idle_motion": Setting(str, "auto", "blinks and breathing on a portrait: on, off, or auto (on in the studio "
+                           "server's sessions, which stay on air)", choices=("auto", "on", "off")),
 }
 
 
 def create(host: Host, settings: dict[str, Any]) -> VisemeEngine:
     from anchorcast_plugins.engines.viseme.engine import create_engine
 
-    return create_engine(settings)
+    return create_engine(settings, on_air=getattr(host, "session", None) is not None)
 
 
 @hookimpl

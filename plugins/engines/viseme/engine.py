@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from anchorcast.components import FrameJob
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
+from anchorcast_plugins.engines.viseme.idle import IdleMotion, find_eyes
 from anchorcast_plugins.engines.viseme.portrait import Box, PortraitRenderer, detect_face, load_image, parse_colour
 from anchorcast_plugins.engines.viseme.shapes import (
     REST,
@@ -57,14 +58,20 @@ class VisemeEngine:
     lookahead = 0.04
     max_batch = 8
 
-    def __init__(self, renderer: Renderer, mouth_scale: float = 1.0) -> None:
+    def __init__(self, renderer: Renderer, mouth_scale: float = 1.0, idle_motion: bool = False) -> None:
         self.renderer = renderer
         self.mouth_scale = mouth_scale
+        self.idle_motion = idle_motion
+        self.motion: IdleMotion | None = None
         self._fmt: StreamFormat | None = None
 
     def open(self, fmt: StreamFormat) -> None:
         self._fmt = fmt
         self.renderer.open(fmt)
+        face = getattr(self.renderer, "face_in_frame", None)
+        if self.idle_motion and face is not None and self.renderer.idle_frame is not None:
+            eyes = find_eyes(self.renderer.idle_frame, face)
+            self.motion = IdleMotion(eyes, (fmt.width, fmt.height), fmt.fps)
 
     def shape(self, job: FrameJob) -> MouthShape:
         """The mouth shape frame ``job`` shows, scaled by speech presence and ``mouth_scale``."""
@@ -85,13 +92,17 @@ class VisemeEngine:
 
     def render(self, jobs: Sequence[FrameJob]) -> list[Image]:
         """One new (H, W, 3) RGB uint8 array per job, the caller's to keep and modify."""
-        return [self.renderer.frame(self.shape(job)) for job in jobs]
+        frames = [self.renderer.frame(self.shape(job)) for job in jobs]
+        if self.motion is not None:
+            frames = [self.motion.apply(frame, job.index) for frame, job in zip(frames, jobs, strict=True)]
+        return frames
 
     def idle(self, index: int) -> Image:
-        """The idle frame: the same cached, read-only array every time (copy it before drawing on it)."""
+        """The idle frame: without idle motion the same cached, read-only array every time (copy it before
+        drawing on it); with it, a new frame with this index's blink and breath."""
         frame = self.renderer.idle_frame
         assert frame is not None, "open() first"
-        return frame
+        return frame if self.motion is None else self.motion.apply(frame, index)
 
     def close(self) -> None:
         self.renderer.close()
@@ -126,8 +137,10 @@ def _face_box(value: Any) -> Box | None:
     return Box(x, y, w, h)
 
 
-def create_engine(settings: Mapping[str, Any]) -> VisemeEngine:
-    """The engine for a validated settings table (keys missing from ``settings`` take their defaults)."""
+def create_engine(settings: Mapping[str, Any], on_air: bool = False) -> VisemeEngine:
+    """The engine for a validated settings table (keys missing from ``settings`` take their defaults);
+    ``on_air``: for a studio session (``idle_motion = "auto"`` blinks and breathes then)."""
+    idle_motion = {"on": True, "off": False}.get(settings.get("idle_motion", "auto"), on_air)
     sprites: Path | None = settings.get("sprites")
     avatar: Path | None = settings.get("avatar")
     face_box = _face_box(settings.get("face_box"))
@@ -154,4 +167,4 @@ def create_engine(settings: Mapping[str, Any]) -> VisemeEngine:
         raise InputError(f"viseme: face_box {[face_box.x, face_box.y, face_box.w, face_box.h]} lies outside the "
                          f"avatar image {path} ({image.shape[1]}x{image.shape[0]} pixels)")
     return VisemeEngine(PortraitRenderer(image, face_box, _background(settings.get("background", "blur"), False)),
-                        mouth_scale)
+                        mouth_scale, idle_motion)

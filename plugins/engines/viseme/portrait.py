@@ -155,6 +155,8 @@ class PortraitRenderer:
         self.face = face
         self.background = background
         self.idle_frame: Image | None = None
+        self.face_in_frame: tuple[float, float, float, float] | None = None
+        """The face box in output pixels, once open."""
         self.mouth: MouthGeometry | None = None
         self.region: tuple[int, int, int, int] | None = None
         self._patches: dict[tuple[int, int], Image] = {}
@@ -179,6 +181,8 @@ class PortraitRenderer:
         frame.flags.writeable = False
         self.idle_frame = frame
         self.mouth = self.image_mouth.transformed(fit_w / iw, x0, y0)
+        f = self.face
+        self.face_in_frame = (f.x * fit_w / iw + x0, f.y * fit_w / iw + y0, f.w * fit_w / iw, f.h * fit_w / iw)
         rx0, ry0, rx1, ry1 = self.mouth.region()
         self.region = (max(rx0, x0), max(ry0, y0), min(rx1, x0 + fit_w), min(ry1, y0 + fit_h))
         self._patches = {}
