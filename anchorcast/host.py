@@ -98,6 +98,11 @@ class Host:
         else:
             self.emit(event)
 
+    @property
+    def next_pts(self) -> float:
+        """Media time at which an event posted now airs (0 outside a run)."""
+        return self.scheduler.next_pts if self.scheduler is not None else 0.0
+
     def _report_metrics(self, report: dict[str, Any]) -> None:
         self.last_report = report
         self._call_guarded("anchorcast_metrics", {"host": self, "report": report})

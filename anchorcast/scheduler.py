@@ -237,6 +237,11 @@ class Scheduler:
     def frames_aired(self) -> int:
         return self._next_to_air
 
+    @property
+    def next_pts(self) -> float:
+        """Media time of the next frame to air: where an event posted now will air."""
+        return self.clock.frame_pts(self._next_to_take)
+
     def interrupt(self, reason: str = "") -> None:
         """Drops queued speech and frames: the next frame to air shows the idle anchor. Safe from any thread.
 

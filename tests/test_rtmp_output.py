@@ -254,6 +254,8 @@ def test_the_stream_survives_the_server_dying_and_resumes_on_the_clock(
     assert output.frames_sent > sent_before_restart
     # reconnected, and what aired in the outage was dropped, not sent late
     assert metrics["reconnects"] == 1
+    states = [(e.output, e.state) for kind, e in plugin.calls if kind == "event" and e.kind == "output_state"]
+    assert states == [("rtmp", "reconnecting"), ("rtmp", "restored")]  # as events, to plugins and the API
     assert output.frames_dropped >= dropped_before_restart >= 2 * FPS - 5
     assert output.frames_sent + output.frames_dropped == len(collect.indices)
     # the resumed stream arrives at the player in real time: no burst, no drift, still in sync

@@ -199,7 +199,7 @@ class Session:
         extra = dict(data or {})
         if lower_third is not None:
             extra["lower_third"] = lower_third
-        self.host.post_event(Cue(0.0, scene or "", extra))
+        self.host.post_event(Cue(self.host.next_pts, scene or "", extra))
 
     def _queue(self, utterance: Utterance, interrupt: bool) -> Utterance:
         if not self.running:

@@ -44,7 +44,7 @@ from anchorcast import hookimpl
 from anchorcast.clock import MediaClock
 from anchorcast.components import Setting
 from anchorcast.errors import AnchorcastError, InputError
-from anchorcast.media import AudioChunk, FloatAudio, Image, StreamFormat, VideoFrame
+from anchorcast.media import AudioChunk, FloatAudio, Image, OutputState, StreamFormat, VideoFrame
 from anchorcast_plugins.outputs.file_output import (
     AAC_MAX_BITS_PER_SAMPLE,
     AVCOL_RANGE_MPEG,
@@ -173,8 +173,11 @@ class RtmpOutput:
         retry: bool = True,
         max_backoff_s: float = 8.0,
         buffer_s: float = 1.0,
+        on_state: Callable[[str, str], None] = lambda state, detail: None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.on_state = on_state
+        """Told ``("reconnecting", why)`` when the connection is lost and ``("restored", "")`` when it is back."""
         self._target = f"{self.url}/{key}" if key else self.url
         self.video_bitrate = video_bitrate
         self.audio_bitrate = audio_bitrate
@@ -442,6 +445,10 @@ class RtmpOutput:
                 self._fatal = self.last_error = message["error"]
             elif kind == "finished":
                 self._finished = True
+        if kind in ("connected", "lost"):
+            restored = kind == "connected" and message["reconnect"]
+            if kind == "lost" or restored:
+                self.on_state("reconnecting" if kind == "lost" else "restored", message.get("error", ""))
         if kind == "connected":
             self._first_answer.set()
             if message["reconnect"]:
@@ -781,6 +788,7 @@ def _make_output(host: Host, settings: dict[str, Any]) -> RtmpOutput:
         retry=settings["retry"],
         max_backoff_s=settings["max_backoff_s"],
         buffer_s=settings["buffer_s"],
+        on_state=lambda state, detail: host.post_event(OutputState(host.next_pts, "rtmp", state, detail)),
     )
 
 
