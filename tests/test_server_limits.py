@@ -236,3 +236,17 @@ def test_serve_refuses_what_it_cannot_do_safely(tmp_path: Path) -> None:
     assert busy.returncode != 0 and "cannot listen" in busy.stderr and "Traceback" not in busy.stderr
     missing = serve("nightly.toml")
     assert missing.returncode != 0 and "nightly.toml" in missing.stderr
+
+
+def test_cors_is_off_unless_origins_are_configured(server: StudioServer, tmp_path: Path) -> None:
+    preflight = {"Origin": "https://studio.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    refused = httpx.options(f"{server.url}/v1/sessions", headers=preflight)
+    assert "access-control-allow-origin" not in refused.headers
+    assert "access-control-allow-origin" not in httpx.get(f"{server.url}/v1/health", headers=preflight).headers
+    with StudioServer(tmp_path, "--no-session", "--cors-origin", "https://studio.example") as allowing:
+        allowed = httpx.options(f"{allowing.url}/v1/sessions", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://studio.example"
+        other = httpx.options(f"{allowing.url}/v1/sessions", headers={**preflight, "Origin": "https://evil.example"})
+        assert other.headers.get("access-control-allow-origin") != "https://evil.example"
