@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from anchorcast.components import ComponentKind, Setting, resolve_path
 from anchorcast.errors import ProfileError
 from anchorcast.media import StreamFormat
-from anchorcast.scheduler import SchedulerConfig
+from anchorcast.pacing import SchedulerConfig
 
 if TYPE_CHECKING:
     from anchorcast.plugin_manager import PluginManager

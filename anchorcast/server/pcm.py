@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from anchorcast.media import FloatAudio
-from anchorcast.scheduler import Resampler
+from anchorcast.resampling import Resampler
 
 
 class PcmStream:
