@@ -2,9 +2,10 @@
 
 The playout never waits for the network. :meth:`RtmpOutput.write` converts the frame to I420 and its audio to the
 ingest's rate and hands both, as one unit, to a bounded queue; a feeder thread pipes units to a *sender process*
-that encodes, muxes and talks RTMP (:mod:`~anchorcast_plugins.outputs.rtmp_sender`). A process rather than a thread because FFmpeg holds Python's GIL while it
-connects, handshakes and writes the trailer: in a thread, a slow or hung server would freeze the whole host. When
-the queue is full (a stalled network) the oldest units are dropped, picture and audio together, and counted.
+(:mod:`~anchorcast_plugins.outputs.rtmp_sender`) that encodes, muxes and talks RTMP. A process rather than a
+thread because FFmpeg holds Python's GIL while it connects, handshakes and writes the trailer: in a thread, a slow
+or hung server would freeze the whole host. When the queue is full (a stalled network) the oldest units are
+dropped, picture and audio together, and counted.
 
 Timestamps come from the media clock: within one connection, video pts is the frame index and audio pts the
 sample position (at ``audio_rate``), both counted from the connection's first frame. When the server goes away the
