@@ -137,7 +137,7 @@ def _run_overrides(args: argparse.Namespace, raw: dict[str, Any]) -> list[tuple[
 
 
 def command_run(_: Any, args: argparse.Namespace) -> int:
-    from anchorcast.console_keys import KeyCommands
+    from anchorcast.console_keys import KeyCommands, RunKeys
     from anchorcast.display import RunDisplay, metrics_table
     from anchorcast.host import Host
     from anchorcast.profile import find_profile, read_toml
@@ -166,12 +166,19 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
         host.stop()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    keys = KeyCommands({"i": lambda: host.interrupt("console"), "q": host.stop})
+    # keys typed while the run is still opening its components (no scheduler yet) wait for it, not lost
+    run_keys = RunKeys(lambda message: console.print(f"[yellow]{escape(message)}[/]", highlight=False))
+    keys = KeyCommands(run_keys.bindings())
     try:
         with keys, RunDisplay(console, float(profile.stream.fps), live) as display:
             if keys.active:
                 console.print("[dim]keys: i interrupts the anchor, q stops the run[/]")
-            report = host.run(profile, on_progress=display.frame, on_metrics=display.metrics)
+
+            def progress(aired: int, total: int | None) -> None:
+                display.frame(aired, total)
+                run_keys.frame(aired, total)
+
+            report = host.run(profile, on_progress=progress, on_metrics=display.metrics, on_ready=run_keys.ready)
     finally:
         signal.signal(signal.SIGINT, previous)
     console.print(metrics_table(report))

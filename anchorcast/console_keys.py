@@ -1,4 +1,9 @@
-"""Single-key commands in the ``anchorcast run`` console (``i`` interrupts, ``q`` stops), on a terminal only."""
+"""Single-key commands in the ``anchorcast run`` console (``i`` interrupts, ``q`` stops), on a terminal only.
+
+Keys typed before the run is on air (while it loads its plugins and opens its components) are not lost: the
+terminal's type-ahead is kept, and :class:`RunKeys` holds a key that comes before the scheduler exists until it
+does.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class KeyCommands:
         import tty
 
         self._saved = termios.tcgetattr(fd)
-        tty.setcbreak(fd)
+        tty.setcbreak(fd, termios.TCSANOW)  # not the default TCSAFLUSH, which drops the keys typed ahead
         self._thread = threading.Thread(target=self._read, args=(fd,), name="anchorcast-keys", daemon=True)
         self._thread.start()
         return self
@@ -67,3 +72,55 @@ class KeyCommands:
                 action = self.bindings.get(char)
                 if action is not None:
                     action()
+
+
+class RunKeys:
+    """What ``i`` and ``q`` do in one run, from the moment the terminal is read, even before the run has a
+    scheduler (it is still opening its components). A key that comes that early is kept and said so, then
+    honoured when the scheduler exists (:meth:`ready`, given to ``Host.run`` as ``on_ready``): ``i`` interrupts
+    before anything airs, ``q`` stops the run after its first frame (:meth:`frame`, called per frame aired), so
+    that a file output is still closed as a playable file. ``say`` shows a message on the console."""
+
+    def __init__(self, say: Callable[[str], None] = lambda message: None) -> None:
+        self._say = say
+        self._lock = threading.Lock()
+        self._scheduler: Any = None
+        self._stop_pending = False
+        self._interrupt_pending = False
+        self._stop_after_first_frame = False
+
+    def bindings(self) -> dict[str, Callable[[], None]]:
+        return {"i": self.interrupt, "q": self.stop}
+
+    def interrupt(self) -> None:
+        with self._lock:
+            scheduler = self._scheduler
+            early = scheduler is None and not self._interrupt_pending
+            self._interrupt_pending = self._interrupt_pending or scheduler is None
+        if scheduler is not None:
+            scheduler.interrupt("console")
+        elif early:
+            self._say("i: the anchor is interrupted as soon as the run starts")
+
+    def stop(self) -> None:
+        with self._lock:
+            scheduler = self._scheduler
+            early = scheduler is None and not self._stop_pending
+            self._stop_pending = self._stop_pending or scheduler is None
+        if scheduler is not None:
+            scheduler.stop()
+        elif early:
+            self._say("q: the run stops as soon as it starts")
+
+    def ready(self, scheduler: Any) -> None:
+        """The run has its scheduler, not yet started: the keys typed so far take effect."""
+        with self._lock:
+            self._scheduler = scheduler
+            interrupt, self._interrupt_pending = self._interrupt_pending, False
+            self._stop_after_first_frame, self._stop_pending = self._stop_pending, False
+        if interrupt:
+            scheduler.interrupt("console")
+
+    def frame(self, aired: int, total: int | None) -> None:
+        if self._stop_after_first_frame:
+            self._scheduler.stop()
