@@ -91,6 +91,17 @@ def test_a_cue_outranks_the_speech_started_scene_for_its_own_segment() -> None:
     assert off.scene == "anchorcast"
 
 
+def test_a_cue_may_set_the_lower_third_and_keeps_it_until_another_does() -> None:
+    state, config = _state()
+    assert state.lower_third is None  # the profile's own until a cue says otherwise
+    state.apply(Cue(1.0, "studio", {"lower_third": "Anna Anchor, news desk"}), 0.0, config)
+    assert (state.scene, state.lower_third) == ("studio", "Anna Anchor, news desk")
+    state.apply(Cue(2.0, "weather"), 0.0, config)
+    assert (state.scene, state.lower_third) == ("weather", "Anna Anchor, news desk")
+    state.apply(Cue(3.0, "", {"lower_third": ""}), 0.0, config)
+    assert (state.scene, state.lower_third) == ("weather", "")
+
+
 def test_captions_replace_stay_during_speech_and_clear_after_the_hold() -> None:
     state, config = _state(caption_hold_s=2.0)
     state.apply(SpeechStarted(0.0), 0.0, config)

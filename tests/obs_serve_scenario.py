@@ -1,0 +1,74 @@
+"""The studio server driving real OBS: run inside a private network namespace (obs-websocket listens on every
+interface), as tests/test_server_obs.py does:
+
+    unshare --net --pid --fork --kill-child --mount-proc bash -c "ip link set lo up && python -m tests.obs_serve_scenario OUT.json"
+
+A session whose profile has an ``obs`` output is cued over the API; the scenario records how long OBS took to
+show the cued scene and the lower third, and what OBS shows after the session is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tests.obs_scenario import Observer, wait_until
+from tests.obs_studio import ObsStudio
+from tests.studio_server import SMALL_PROFILE, StudioServer
+
+PASSWORD = "obs-test-password-1234"
+PASSWORD_ENV = "ANCHORCAST_TEST_OBS_PASSWORD"
+
+
+def run(work: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with ObsStudio(work / "obs", password=PASSWORD) as obs:
+        observer = Observer(obs)
+        observer.req("CreateScene", {"sceneName": "Weather"})
+        profile = SMALL_PROFILE + f"""
+[outputs.obs]
+use = "obs"
+port = {obs.port}
+password_env = "{PASSWORD_ENV}"
+required = true
+"""
+        server = StudioServer(work / "studio", "--no-session", profiles={"obs": profile}, env={PASSWORD_ENV: PASSWORD})
+        with server, server.client() as client:
+            session = client.create_session("obs")
+            time.sleep(1.0)
+            result["scene_before"] = observer.program()
+            sent = time.monotonic()
+            client.cue(session, scene="Weather", lower_third="Anna Anchor, weather desk")
+            shown = wait_until(lambda: observer.program() == "Weather", 10)
+            result["cue_to_scene_ms"] = None if shown is None else round(1000 * (time.monotonic() - sent))
+            third = wait_until(lambda: observer.text("anchorcast lower third") == "Anna Anchor, weather desk", 10)
+            result["lower_third"] = observer.text("anchorcast lower third")
+            result["lower_third_shown"] = third is not None
+            said = client.say(session, "Here is the weather.")
+            result["caption"] = None
+            if wait_until(lambda: "weather" in (observer.text("anchorcast captions") or "").lower(), 20):
+                result["caption"] = observer.text("anchorcast captions")
+            result["utterance"] = said
+            result["deleted"] = client.delete_session(session)
+        observer.close()
+    return result
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    work = Path(tempfile.mkdtemp(prefix="anchorcast-obs-serve-"))
+    try:
+        report = run(work)
+    except Exception:
+        report = {"error": traceback.format_exc()}
+    out.write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
