@@ -9,7 +9,9 @@ frame latency and the engine batch latency p50/p95 (from the sessions' own repor
 of one core) and how many sessions' frames shared an engine call. Then N `anchorcast run` processes read the
 same text with the same profile, paced in real time, at the same moment: their frames/s, overruns and CPU
 (which includes each process's start-up: loading the plugins, the voice and the engine, as separate processes
-pay). The last column is the server's CPU over the separate processes' CPU.
+pay). The last column is the server's CPU over the separate processes' CPU. For wav2lip, "drawn fps (all)" (frames
+the engine drew for every session together, repeats left out) is set against what the same engine draws alone in
+one process with full batches back to back, measured first in the same run.
 
     python scripts/bench_serve.py [--sessions 1,2,4,8] [--engines viseme,wav2lip] [--seconds 12] [--short]
 
@@ -89,10 +91,42 @@ def random_weights(home: Path) -> None:
     from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
 
     torch.manual_seed(0)
+    home.mkdir(parents=True, exist_ok=True)
     checkpoint = home / "random.safetensors"
     save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(checkpoint))
     os.environ["ANCHORCAST_HOME"] = str(home)
     import_weights(checkpoint, "bench-random")
+
+
+def engine_throughput(profile_path: Path, seconds: float = 6.0) -> float:
+    """Frames/s of the profile's engine drawing full batches of speech back to back in this process: what one
+    process can draw when nobody waits (the reference for the sessions' drawn frames together)."""
+    import numpy as np
+
+    from anchorcast.components import FrameJob
+    from anchorcast.host import Host
+
+    host = Host.for_profile(profile_path)
+    profile = host.load_profile(profile_path)
+    fmt = profile.stream
+    engine = host.build(profile.engine)
+    engine.open(fmt)
+    rate, per = fmt.sample_rate, round(fmt.sample_rate / fmt.fps)
+    behind, ahead = round(engine.lookbehind * rate) + 1, round(engine.lookahead * rate) + 1
+    rng = np.random.default_rng(0)
+    voiced = (0.2 * rng.standard_normal(behind + per + ahead)).astype(np.float32)
+
+    def batch(first: int) -> list[FrameJob]:
+        return [FrameJob(i, i / float(fmt.fps), voiced, behind, per, 1.0) for i in range(first, first + engine.max_batch)]
+
+    engine.render(batch(0))
+    frames, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        engine.render(batch(frames))
+        frames += engine.max_batch
+    elapsed = time.perf_counter() - started
+    engine.close()
+    return frames / elapsed
 
 
 def watch_until_ended(server: StudioServer, session: str, utterance_box: dict[str, str], started: dict[str, float],
@@ -120,26 +154,27 @@ def measure_server(server: StudioServer, api: httpx.Client, profile: str, count:
         threading.Thread(target=watch_until_ended, args=(server, s, said, started, done[s], ready[s]),
                          daemon=True).start()
         ready[s].wait(10)
-    before = {s: api.get(f"/v1/sessions/{s}").json() for s in sessions}
     cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+    before = {s: api.get(f"/v1/sessions/{s}").json() for s in sessions}
     queued = {}
     for s in sessions:
         queued[s] = time.time()
         said[s] = api.post(f"/v1/sessions/{s}/say", json={"text": text}).json()["utterance"]
     for s in sessions:
         done[s].wait(300)
+    after = {s: api.get(f"/v1/sessions/{s}").json() for s in sessions}
     wall = time.monotonic() - wall0
     cpu = cpu_seconds(server.pid) - cpu0
-    after = {s: api.get(f"/v1/sessions/{s}").json() for s in sessions}
     engines = api.get("/v1/engines").json()["engines"]
     for s in sessions:
         api.delete(f"/v1/sessions/{s}")
     fps = [(after[s]["metrics"]["frames"] - before[s]["metrics"]["frames"]) / wall for s in sessions]
     overruns = [after[s]["metrics"]["overruns"] - before[s]["metrics"]["overruns"] for s in sessions]
+    drawn = sum(fps) - sum(overruns) / wall  # frames on air that the engine drew (not repeated), all sessions
     batch = [after[s]["report"]["stages"].get("engine_batch", {}) for s in sessions]
     latency = [1000 * (started[s] - queued[s]) for s in sessions if s in started]
     return {
-        "fps": statistics.mean(fps), "overruns": sum(overruns) / count,
+        "fps": statistics.mean(fps), "overruns": sum(overruns) / count, "drawn": drawn,
         "say_ms": statistics.median(latency) if latency else float("nan"),
         "batch_p50": statistics.mean(b.get("p50_ms", 0.0) for b in batch),
         "batch_p95": statistics.mean(b.get("p95_ms", 0.0) for b in batch),
@@ -214,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=200)
     table = Table(title=f"anchorcast serve: N sessions speaking at once, {args.width}x{args.height} @ 25 fps, "
                   f"{os.cpu_count()} CPUs", header_style="bold")
-    for column in ("engine", "N", "fps/session", "overruns/session", "say->air ms", "batch p50/p95 ms",
+    for column in ("engine", "N", "fps/session", "overruns/session", "drawn fps (all)", "/ engine alone",
+                   "say->air ms", "batch p50/p95 ms",
                    "sessions/call", "server CPU %", "N runs: fps", "N runs: overruns", "N runs: CPU %",
                    "CPU ratio"):
         table.add_column(column, justify="right")
@@ -229,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("ANCHORCAST_HOME", str(folder / "home"))
         for engine in args.engines.split(","):
             profiles = {engine: PROFILE.format(width=args.width, height=args.height, engine=ENGINES[engine])}
+            reference_profile = folder / f"{engine}-reference.toml"
+            reference_profile.write_text(profiles[engine], encoding="utf-8")
+            # the viseme engine reuses its cached mouth patches on a steady input: no meaningful reference
+            alone = engine_throughput(reference_profile) if engine == "wav2lip" else None
+            if alone:
+                console.print(f"{engine}: {alone:.1f} frames/s drawing full batches in one process", highlight=False)
             server = StudioServer(folder / f"server-{engine}", "--no-session", "--max-sessions", str(max(counts)),
                                   profiles=profiles, env={"ANCHORCAST_HOME": os.environ["ANCHORCAST_HOME"]})
             with server, httpx.Client(base_url=server.url, headers=AUTH, timeout=300) as api:
@@ -244,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs = measure_runs(folder, server.profiles / f"{engine}.toml", count, text)
                     table.add_row(
                         engine, str(count), f"{served['fps']:.2f}", f"{served['overruns']:.1f}",
+                        f"{served['drawn']:.1f}", f"{served['drawn'] / alone:.2f}" if alone else "-",
                         f"{served['say_ms']:.0f}", f"{served['batch_p50']:.1f} / {served['batch_p95']:.1f}",
                         f"{served['sessions_per_call']:.2f}", f"{served['cpu']:.0f}", f"{runs['fps']:.2f}",
                         f"{runs['overruns']:.1f}", f"{runs['cpu']:.0f}",

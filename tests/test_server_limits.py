@@ -97,6 +97,11 @@ def test_malformed_and_unknown_fields_are_400_naming_the_field(api: httpx.Client
     assert "scene" in problem(api.post(f"/v1/sessions/{session}/cue", json={}), 400)
 
 
+def test_a_session_id_in_use_is_409(api: httpx.Client, session: str) -> None:
+    assert "already exists" in problem(api.post("/v1/sessions", json={"profile": "small", "id": session}), 409)
+    assert "id" in problem(api.post("/v1/sessions", json={"profile": "small", "id": "../x"}), 400)
+
+
 def test_unknown_things_are_404(api: httpx.Client) -> None:
     assert "no session 'nope'" in problem(api.get("/v1/sessions/nope"), 404)
     assert "no session" in problem(api.post("/v1/sessions/nope/say", json={"text": "x"}), 404)

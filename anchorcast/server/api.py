@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -32,7 +33,8 @@ from anchorcast.server.fanout import Ended, Lagged, Subscription
 from anchorcast.server.models import Created, CreateSession, CueRequest, Interrupted, Queued, Say
 from anchorcast.server.pcm import PcmStream
 from anchorcast.server.preview import BOUNDARY, multipart_part
-from anchorcast.server.studio import AtCapacity, Forbidden, NotFound, Studio
+from anchorcast.server.session import NotOnAir
+from anchorcast.server.studio import AtCapacity, Conflict, Forbidden, NotFound, Studio
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class TooLarge(HTTPException):
 
 
 def _status_for(error: AnchorcastError) -> int:
-    for kind, status in ((NotFound, 404), (Forbidden, 403), (AtCapacity, 503), (ProfileError, 400)):
+    for kind, status in ((NotFound, 404), (Forbidden, 403), (Conflict, 409), (NotOnAir, 409), (AtCapacity, 503),
+                         (ProfileError, 400)):
         if isinstance(error, kind):
             return status
     return 400
@@ -256,7 +259,7 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
                     break
                 if message.get("bytes"):
                     utterance.push(pcm.convert(message["bytes"]))
-                elif message.get("text") and '"end"' in message["text"]:
+                elif message.get("text") and _is_end(message["text"]):
                     break
         except WebSocketDisconnect:
             pass
@@ -294,6 +297,14 @@ def _decode_audio(session: Any, data: bytes, max_seconds: float) -> np.ndarray:
         finally:
             source.close()
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+def _is_end(text: str) -> bool:
+    """``{"type": "end"}``: the client has sent all its audio."""
+    try:
+        return json.loads(text).get("type") == "end"
+    except (ValueError, AttributeError):
+        return False
 
 
 async def _session_or_deny(websocket: WebSocket, studio: Studio, session_id: str) -> Any:

@@ -33,6 +33,10 @@ STOP_TIMEOUT_S = 60.0
 """How long a delete waits for the outputs to finish (an MP4's index, an RTMP stream's end)."""
 
 
+class NotOnAir(AnchorcastError):
+    """409: the session is starting, stopping or has ended."""
+
+
 class _SessionPlugin:
     """The session's own hook implementations on its host: events and metrics reach the session from there,
     exactly as they reach any plugin."""
@@ -82,7 +86,6 @@ class Session:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._done = threading.Event()
-        self._stop_requested = False
         self._scheduler: Scheduler | None = None
         self.host = Host.create(plugins_policy, extra_plugins=(_SessionPlugin(self),))
         self.host.session = session_id
@@ -105,11 +108,11 @@ class Session:
         """Ends the session: queued speech is dropped, every output is closed (a file is finalised, an RTMP
         stream ended). Returns the final metrics report. Safe to call twice."""
         with self._lock:
-            self._stop_requested = True
             if self.state not in ("stopped", "failed"):
                 self.state = "stopping"
             scheduler = self._scheduler
-        for utterance in self.source.interrupt():
+        self.source.interrupt()
+        for utterance in self.pending():
             self._finish(utterance, "interrupted")
         self.source.close()
         if scheduler is not None:
@@ -126,9 +129,8 @@ class Session:
 
     def _run(self) -> None:
         profile = self.profile
-        voice_default = profile.voice or voice_stage(self.host, "espeak")
-        voice = VoiceRouter(self.host, voice_default, self.source.voice_for)
         try:
+            voice = VoiceRouter(self.host, profile.voice or voice_stage(self.host, "espeak"), self.source.voice_for)
             engine = self.engines.acquire(self.host, profile.engine, profile.stream) if self.engines else None
             try:
                 self.host.run(
@@ -147,9 +149,7 @@ class Session:
         finally:
             self.report = self.host.last_report or self.report
             with self._lock:
-                self.state = "failed" if self.error and not self._stop_requested else "stopped"
-                if self.error and self._stop_requested:
-                    self.state = "failed"
+                self.state = "failed" if self.error else "stopped"
             self._ready.set()
             self._done.set()
             self.preview.close()
@@ -203,7 +203,7 @@ class Session:
 
     def _queue(self, utterance: Utterance, interrupt: bool) -> Utterance:
         if not self.running:
-            raise AnchorcastError(f"session {self.id} is {self.state}")
+            raise NotOnAir(f"session {self.id} is {self.state}: it takes no more speech")
         if interrupt:
             self.interrupt("say")
         elif len(waiting := self.pending()) >= self.max_queue:

@@ -35,6 +35,10 @@ class Forbidden(AnchorcastError):
     """403: a path outside the folders the server may use."""
 
 
+class Conflict(AnchorcastError):
+    """409: a session with that id exists (or is starting)."""
+
+
 class AtCapacity(AnchorcastError):
     """503: the server already runs as many sessions as it may."""
 
@@ -70,7 +74,7 @@ class Studio:
         self.profiles_dir = config.profiles_dir.expanduser().resolve() if config.profiles_dir else None
         self._sessions: dict[str, Session] = {}
         self.engines = EnginePool()
-        self._starting = 0
+        self._starting: set[str] = set()  # ids of sessions being created
         self._lock = threading.Lock()
 
     # --- profiles ------------------------------------------------------------------------------------------
@@ -146,13 +150,13 @@ class Studio:
     def create(self, profile_name: str, assignments: dict[str, Any], session_id: str | None = None) -> Session:
         limits = self.config.limits
         with self._lock:
-            if len(self._sessions) + self._starting >= limits.max_sessions:
+            if len(self._sessions) + len(self._starting) >= limits.max_sessions:
                 raise AtCapacity(f"this server already runs {len(self._sessions)} sessions (at most "
                                  f"{limits.max_sessions}); delete one or start the server with --max-sessions")
             session_id = session_id or secrets.token_hex(4)
-            if session_id in self._sessions:
-                raise AnchorcastError(f"session {session_id!r} already exists")
-            self._starting += 1
+            if session_id in self._sessions or session_id in self._starting:
+                raise Conflict(f"session {session_id!r} already exists")
+            self._starting.add(session_id)
         try:
             profile, policy = self.load(session_id, profile_name, assignments)
             profile.pace = "realtime"
@@ -160,11 +164,11 @@ class Studio:
                               preview_fps=self.config.preview_fps,
                               engines=self.engines if self.config.share_engines else None)
             session.start()
+            with self._lock:
+                self._sessions[session_id] = session
         finally:
             with self._lock:
-                self._starting -= 1
-        with self._lock:
-            self._sessions[session_id] = session
+                self._starting.discard(session_id)
         log.info("session %s started (%s)", session_id, profile_name)
         return session
 
