@@ -369,7 +369,7 @@ def test_the_factory_builds_the_default_engine() -> None:
     schema = viseme_plugin.SETTINGS
     defaults = {key: setting.default for key, setting in schema.items()}
     assert defaults == {"avatar": None, "sprites": None, "face_box": None, "background": "blur",
-                        "mouth_scale": 1.0}
+                        "mouth_scale": 1.0, "idle_motion": "auto"}
     engine = viseme_plugin.create(None, defaults)  # type: ignore[arg-type]
     engine.open(StreamFormat(640, 360, Fraction(30), 22050))
     frame = engine.render([FrameJob(0, 0.0, voiced(0.3)[:2200], 882, 735, 1.0)])[0]
