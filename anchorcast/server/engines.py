@@ -7,7 +7,9 @@ session gets its own frames back. A session whose frames come back late degrades
 fallback at air time), as it would with an engine of its own.
 
 Engines are pure per job (a frame's index and audio context), so jobs of different sessions can share a batch.
-An engine is closed when its last session ends.
+An engine that declares ``concurrent_renders = 2`` (its render may run on two threads at once: Wav2Lip serialises
+the inference inside and overlaps one batch's mel windows and paste with the other's inference) gets two
+threads here. An engine is closed when its last session ends.
 """
 
 from __future__ import annotations
@@ -53,8 +55,11 @@ class SharedEngine:
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="anchorcast-shared-engine", daemon=True)
-        self._thread.start()
+        lanes = max(1, int(getattr(engine, "concurrent_renders", 1)))
+        self._threads = [threading.Thread(target=self._loop, name=f"anchorcast-shared-engine-{k}", daemon=True)
+                         for k in range(lanes)]
+        for thread in self._threads:
+            thread.start()
 
     def render(self, jobs: Sequence[FrameJob]) -> list[Image]:
         """Renders ``jobs`` in the next shared batch (blocking until they are drawn)."""
@@ -96,9 +101,10 @@ class SharedEngine:
                     request.error = error
                     request.done.set()
                 continue
-            self.busy_s += time.perf_counter() - started
-            self.batches[len(jobs)] += 1
-            self.sessions_per_batch[len(requests)] += 1
+            with self._cond:  # two lanes may finish at once
+                self.busy_s += time.perf_counter() - started
+                self.batches[len(jobs)] += 1
+                self.sessions_per_batch[len(requests)] += 1
             position = 0
             for request in requests:
                 request.images = images[position: position + len(request.jobs)]
@@ -108,8 +114,9 @@ class SharedEngine:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
         self.engine.close()
 
     def stats(self) -> dict[str, Any]:

@@ -66,6 +66,10 @@ class Layout:
 class Wav2LipEngine:
     """The LipEngine protocol over a Wav2Lip generator (see the module docstring)."""
 
+    concurrent_renders = 2
+    """Two renders may run at once (the studio server's shared engine uses two threads): the backend serialises
+    its inference, so one batch's mel windows and paste overlap with the other's inference."""
+
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
         self.max_batch = int(settings.get("max_batch", 8))
