@@ -10,6 +10,7 @@ show the cued scene and the lower third, and what OBS shows after the session is
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -66,6 +67,8 @@ def main() -> int:
         report = run(work)
     except Exception:
         report = {"error": traceback.format_exc()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     return 0
 
