@@ -19,10 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -37,7 +35,7 @@ from anchorcast.host import Host
 from anchorcast.media import Caption, StreamFormat
 from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
-from tests.obs_studio import ObsStudio
+from tests.obs_studio import ObsStudio, scenario_main
 
 PASSWORD_ENV = "ANCHORCAST_TEST_OBS_PASSWORD"
 PASSWORD = "anchorcast-test-pw-1"
@@ -201,18 +199,7 @@ class Scenario:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    result_path = Path(sys.argv[1])
-    work = Path(tempfile.mkdtemp(prefix="anchorcast-obs-lifecycle-"))
-    try:
-        report = Scenario(work).run()
-    except Exception:
-        report = {"error": traceback.format_exc()}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result_path.write_text(json.dumps(report, indent=1, default=str))
-    return 0
-
+    return scenario_main(lambda work: Scenario(work).run(), "anchorcast-obs-lifecycle-")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,9 +20,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -40,7 +38,7 @@ from anchorcast.host import Host
 from anchorcast.media import Caption, Cue, Event, Interrupt, SpeechEnded, SpeechStarted, StreamFormat
 from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
-from tests.obs_studio import ObsStudio
+from tests.obs_studio import ObsStudio, scenario_main
 from tests.servers import NginxRtmp
 
 PASSWORD_ENV = "ANCHORCAST_TEST_OBS_PASSWORD"
@@ -598,18 +596,7 @@ class Scenario:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    result_path = Path(sys.argv[1])
-    work = Path(tempfile.mkdtemp(prefix="anchorcast-obs-"))
-    try:
-        report = Scenario(work).run()
-    except Exception:
-        report = {"error": traceback.format_exc()}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result_path.write_text(json.dumps(report, indent=1, default=str))
-    return 0
-
+    return scenario_main(lambda work: Scenario(work).run(), "anchorcast-obs-")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,17 +9,13 @@ show the cued scene and the lower third, and what OBS shows after the session is
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from tests.obs_scenario import Observer, wait_until
-from tests.obs_studio import ObsStudio
+from tests.obs_studio import ObsStudio, scenario_main
 from tests.studio_server import SMALL_PROFILE, StudioServer
 
 PASSWORD = "obs-test-password-1234"
@@ -61,17 +57,7 @@ required = true
 
 
 def main() -> int:
-    out = Path(sys.argv[1])
-    work = Path(tempfile.mkdtemp(prefix="anchorcast-obs-serve-"))
-    try:
-        report = run(work)
-    except Exception:
-        report = {"error": traceback.format_exc()}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    out.write_text(json.dumps(report, indent=1, default=str))
-    return 0
-
+    return scenario_main(run, "anchorcast-obs-serve-")
 
 if __name__ == "__main__":
     sys.exit(main())

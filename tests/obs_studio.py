@@ -9,13 +9,20 @@ killed by that group's id.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.servers import free_port, wait_for_port
 
@@ -215,3 +222,50 @@ class ObsStudio:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- scenarios: test programs run inside a private network namespace ---------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_scenario(module: str, result: Path, timeout: float, what: str) -> tuple[dict[str, Any], str]:
+    """Runs ``python -m MODULE RESULT`` in a new network and PID namespace with only loopback up (``unshare``,
+    root or CAP_SYS_ADMIN) and returns the JSON report it wrote with its log; fails the test, with the log, when
+    the scenario cannot run, runs past ``timeout`` seconds or reports an error."""
+    import pytest
+
+    missing = [name for name in ("obs", "Xvfb", "unshare", "ip") if shutil.which(name) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install -y obs-studio xvfb xauth iproute2 "
+                    "(scripts/install-test-deps.sh)")
+    inner = f"ip link set lo up && exec {sys.executable} -m {module} {result}"
+    command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", inner]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:  # unshare was killed, and --kill-child takes the namespace down
+        pytest.fail(f"the {what} ran past {timeout} s; its log:\n{(expired.stderr or '')[-4000:]}")
+    if done.returncode != 0 or not result.exists():
+        pytest.fail(f"the {what} failed (exit {done.returncode}; `unshare` needs root or CAP_SYS_ADMIN):\n"
+                    f"{done.stderr[-4000:]}")
+    report = json.loads(result.read_text())
+    if "error" in report:
+        pytest.fail(f"the {what} broke:\n{report['error']}")
+    return report, done.stderr
+
+
+def scenario_main(run: Callable[[Path], dict[str, Any]], prefix: str) -> int:
+    """A scenario module's entry point: ``run(work)`` in a fresh folder (removed after), its report, or the
+    traceback as ``{"error": ...}``, written as JSON to the path in ``sys.argv[1]``."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    result_path = Path(sys.argv[1])
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        report = run(work)
+    except Exception:
+        report = {"error": traceback.format_exc()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result_path.write_text(json.dumps(report, indent=1, default=str))
+    return 0

@@ -8,12 +8,10 @@ the JSON report it writes. Figures (connect, event-to-OBS and reconnect times) a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +23,9 @@ from anchorcast.media import Caption, Cue, Interrupt, SpeechEnded, SpeechStarted
 from anchorcast.plugin_manager import PluginPolicy
 from anchorcast_plugins.outputs.obs_control import AnchorState, ObsSettings
 from tests.components import RecordingPlugin
+from tests.obs_studio import run_scenario
 from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 420
 
 
@@ -158,34 +156,12 @@ def test_obs_not_running_is_an_error_only_when_required() -> None:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    missing = [name for name in ("obs", "Xvfb", "unshare", "ip", "nginx") if shutil.which(name) is None]
-    if missing:
-        pytest.fail(
-            f"{', '.join(missing)} missing: apt-get install -y obs-studio xvfb xauth iproute2 nginx "
-            "libnginx-mod-rtmp (see .ci/run)"
-        )
+    if shutil.which("nginx") is None:
+        pytest.fail("nginx missing: apt-get install -y nginx libnginx-mod-rtmp (scripts/install-test-deps.sh)")
     result = tmp_path_factory.mktemp("obs") / "result.json"
-    inner = f"ip link set lo up && exec {sys.executable} -m tests.obs_scenario {result}"
-    command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", inner]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=SCENARIO_TIMEOUT_S)  # fmt: skip
-    except subprocess.TimeoutExpired as expired:  # unshare was killed, and --kill-child takes the namespace down
-        pytest.fail(
-            f"the OBS scenario ran past {SCENARIO_TIMEOUT_S} s; its log:\n{(expired.stderr or '')[-4000:]}"
-        )
-    if done.returncode != 0 or not result.exists():
-        pytest.fail(
-            f"the OBS scenario failed (exit {done.returncode}; `unshare` needs root or CAP_SYS_ADMIN):\n"
-            f"{done.stderr[-4000:]}"
-        )
-    report = json.loads(result.read_text())
-    if "error" in report:
-        pytest.fail(f"the OBS scenario broke:\n{report['error']}")
-    report["log"] = done.stderr
+    report, log = run_scenario("tests.obs_scenario", result, SCENARIO_TIMEOUT_S, "OBS scenario")
+    report["log"] = log
     return report
-
 
 def _phase(report: dict[str, Any], name: str) -> dict[str, Any]:
     phase = report["phases"][name]

@@ -13,16 +13,10 @@ tests/test_obs_control.py.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,9 +28,9 @@ from anchorcast.media import Caption, Event, SpeechStarted
 from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
+from tests.obs_studio import run_scenario
 from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 300
 EVENTS = 50_000
 
@@ -116,32 +110,8 @@ def test_the_event_queue_is_bounded_while_obs_does_not_answer() -> None:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    missing = [name for name in ("obs", "Xvfb", "unshare", "ip") if shutil.which(name) is None]
-    if missing:
-        pytest.fail(
-            f"{', '.join(missing)} missing: apt-get install -y obs-studio xvfb xauth iproute2 (see .ci/run)"
-        )
     result = tmp_path_factory.mktemp("obs-lifecycle") / "result.json"
-    inner = f"ip link set lo up && exec {sys.executable} -m tests.obs_lifecycle_scenario {result}"
-    command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", inner]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=SCENARIO_TIMEOUT_S)  # fmt: skip
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(
-            f"the OBS lifecycle scenario ran past {SCENARIO_TIMEOUT_S} s:\n{(expired.stderr or '')[-4000:]}"
-        )
-    if done.returncode != 0 or not result.exists():
-        pytest.fail(
-            f"the OBS lifecycle scenario failed (exit {done.returncode}; `unshare` needs root or CAP_SYS_ADMIN):\n"
-            f"{done.stderr[-4000:]}"
-        )
-    report = json.loads(result.read_text())
-    if "error" in report:
-        pytest.fail(f"the OBS lifecycle scenario broke:\n{report['error']}")
-    return report
-
+    return run_scenario("tests.obs_lifecycle_scenario", result, SCENARIO_TIMEOUT_S, "OBS lifecycle scenario")[0]
 
 def _phase(report: dict[str, Any], name: str) -> dict[str, Any]:
     phase = report["phases"][name]
