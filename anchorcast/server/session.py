@@ -67,7 +67,7 @@ def event_json(event: Event, session: str) -> dict[str, Any]:
 class Session:
     """A running profile. Create with :meth:`start`; :meth:`stop` finalises every output."""
 
-    def __init__(self, session_id: str, profile: Profile, plugins_policy: Any, *, max_queue: int = 32,
+    def __init__(self, session_id: str, profile: Profile, host: Host, *, max_queue: int = 32,
                  preview_fps: float = 10.0, engines: EnginePool | None = None) -> None:
         self.id = session_id
         self.profile = profile
@@ -87,7 +87,8 @@ class Session:
         self._ready = threading.Event()
         self._done = threading.Event()
         self._scheduler: Scheduler | None = None
-        self.host = Host.create(plugins_policy, extra_plugins=(_SessionPlugin(self),))
+        self.host = host
+        host.plugins.register_module(_SessionPlugin(self))
         self.host.session = session_id
         self._thread = threading.Thread(target=self._run, name=f"anchorcast-session-{session_id}", daemon=True)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from anchorcast.errors import AnchorcastError, ProfileError
-from anchorcast.plugin_manager import PluginPolicy
-from anchorcast.profile import bundled_profiles, load_profile, plugin_settings, read_toml
+from anchorcast.host import Host
+from anchorcast.profile import Profile, bundled_profiles, read_toml
 from anchorcast.server.engines import EnginePool
 from anchorcast.server.session import Session
 
@@ -99,8 +99,9 @@ class Studio:
             return bundled[stem]
         raise NotFound(f"profile {name!r}: no such profile; available: {', '.join(self.profile_names())}")
 
-    def load(self, session_id: str, name: str, assignments: dict[str, Any]) -> tuple[Any, PluginPolicy]:
-        """The validated profile for a new session, its output paths moved into the session's folder."""
+    def load(self, session_id: str, name: str, assignments: dict[str, Any]) -> tuple[Profile, Host]:
+        """The validated profile for a new session, its output paths moved into the session's folder, and the
+        host (with the profile's plugin policy) that validated it and will run it."""
         path = self.find_profile(name)
         raw = read_toml(path)
         folder = self.outputs_dir / session_id
@@ -108,18 +109,14 @@ class Studio:
         for key in assignments:
             if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
                 raise ProfileError(f"set: {key!r} is not a dotted key such as engine.use")
-        settings = plugin_settings(path, raw)
-        policy = PluginPolicy.from_sources(settings["allow"], settings["block"], settings["strict"])
-        from anchorcast.host import Host
-
-        checker = Host.create(policy)
-        profile = load_profile(path, checker.plugins, raw=raw, overrides=overrides)
+        host = Host.for_profile(path, raw)
+        profile = host.load_profile(path, raw=raw, overrides=overrides)
         self._check_read_paths(profile, assignments)
         for label, stage in profile.outputs.items():
             value = stage.settings.get("path")
             if isinstance(value, (str, Path)):
                 stage.settings["path"] = self._output_path(folder, f"outputs.{label}.path", str(value))
-        return profile, policy
+        return profile, host
 
     def _output_path(self, folder: Path, key: str, value: str) -> str:
         candidate = Path(value).expanduser()
@@ -158,9 +155,9 @@ class Studio:
                 raise Conflict(f"session {session_id!r} already exists")
             self._starting.add(session_id)
         try:
-            profile, policy = self.load(session_id, profile_name, assignments)
+            profile, host = self.load(session_id, profile_name, assignments)
             profile.pace = "realtime"
-            session = Session(session_id, profile, policy, max_queue=limits.max_queue,
+            session = Session(session_id, profile, host, max_queue=limits.max_queue,
                               preview_fps=self.config.preview_fps,
                               engines=self.engines if self.config.share_engines else None)
             session.start()
