@@ -16,14 +16,12 @@ port is OBS's.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +33,7 @@ from anchorcast.host import Host
 from anchorcast.media import Caption, StreamFormat
 from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
-from tests.obs_studio import ObsStudio, scenario_main
+from tests.obs_studio import ObsStudio, run_phase, scenario_main
 
 PASSWORD_ENV = "ANCHORCAST_TEST_OBS_PASSWORD"
 PASSWORD = "anchorcast-test-pw-1"
@@ -115,15 +113,7 @@ class Scenario:
         return self.host.build(self.host.load_profile(None, raw=raw).outputs["obs"])
 
     def phase(self, name: str, run: Callable[[dict[str, Any]], None]) -> None:
-        result: dict[str, Any] = {}
-        started = time.monotonic()
-        try:
-            run(result)
-        except Exception:
-            result["error"] = traceback.format_exc()
-        result["seconds"] = round(time.monotonic() - started, 2)
-        self.report["phases"][name] = result
-        print(f"phase {name}: {json.dumps(result, default=str)[:2000]}", file=sys.stderr, flush=True)
+        run_phase(self.report, name, run)
 
     def run(self) -> dict[str, Any]:
         try:

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +36,7 @@ from anchorcast.host import Host
 from anchorcast.media import Caption, Cue, Event, Interrupt, SpeechEnded, SpeechStarted, StreamFormat
 from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
-from tests.obs_studio import ObsStudio, scenario_main
+from tests.obs_studio import ObsStudio, run_phase, scenario_main
 from tests.servers import NginxRtmp
 
 PASSWORD_ENV = "ANCHORCAST_TEST_OBS_PASSWORD"
@@ -272,15 +270,7 @@ class Scenario:
         os.environ.pop(UNSET_ENV, None)
 
     def phase(self, name: str, run: Callable[[dict[str, Any]], None]) -> None:
-        result: dict[str, Any] = {}
-        started = time.monotonic()
-        try:
-            run(result)
-        except Exception:
-            result["error"] = traceback.format_exc()
-        result["seconds"] = round(time.monotonic() - started, 2)
-        self.report["phases"][name] = result
-        print(f"phase {name}: {json.dumps(result, default=str)[:2000]}", file=sys.stderr, flush=True)
+        run_phase(self.report, name, run)
 
     def run(self) -> dict[str, Any]:
         self.nginx.start()

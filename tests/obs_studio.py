@@ -269,3 +269,27 @@ def scenario_main(run: Callable[[Path], dict[str, Any]], prefix: str) -> int:
         shutil.rmtree(work, ignore_errors=True)
     result_path.write_text(json.dumps(report, indent=1, default=str))
     return 0
+
+
+def run_phase(report: dict[str, Any], name: str, run: Callable[[dict[str, Any]], None]) -> None:
+    """One phase of a scenario: ``run(result)`` fills ``report["phases"][name]``; an exception becomes its
+    ``error`` (the other phases still run), and the phase's time is recorded."""
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        run(result)
+    except Exception:
+        result["error"] = traceback.format_exc()
+    result["seconds"] = round(time.monotonic() - started, 2)
+    report["phases"][name] = result
+    print(f"phase {name}: {json.dumps(result, default=str)[:2000]}", file=sys.stderr, flush=True)
+
+
+def phase_of(report: dict[str, Any], name: str) -> dict[str, Any]:
+    """A scenario phase's result for a test; the test fails with the phase's traceback if it raised."""
+    import pytest
+
+    phase = report["phases"][name]
+    if "error" in phase:
+        pytest.fail(f"phase {name} raised:\n{phase['error']}")
+    return phase

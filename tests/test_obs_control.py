@@ -23,7 +23,7 @@ from anchorcast.media import Caption, Cue, Interrupt, SpeechEnded, SpeechStarted
 from anchorcast.plugin_manager import PluginPolicy
 from anchorcast_plugins.outputs.obs_control import AnchorState, ObsSettings
 from tests.components import RecordingPlugin
-from tests.obs_studio import run_scenario
+from tests.obs_studio import phase_of, run_scenario
 from tests.servers import free_port
 
 SCENARIO_TIMEOUT_S = 420
@@ -163,13 +163,6 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     report["log"] = log
     return report
 
-def _phase(report: dict[str, Any], name: str) -> dict[str, Any]:
-    phase = report["phases"][name]
-    if "error" in phase:
-        pytest.fail(f"phase {name} raised:\n{phase['error']}")
-    return phase
-
-
 def _subsequence(wanted: list[Any], seen: list[Any]) -> bool:
     remaining = iter(seen)
     return all(any(value == item for item in remaining) for value in wanted)
@@ -177,7 +170,7 @@ def _subsequence(wanted: list[Any], seen: list[Any]) -> bool:
 
 @pytest.mark.slow
 def test_obs_not_running_then_started_connects_in_the_background(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "not_running")
+    phase = phase_of(scenario, "not_running")
     assert phase["required_error_type"] == "InputError"
     assert "not reachable (connection refused)" in phase["required_error"]
     assert phase["optional_open_ms"] < 2500
@@ -189,7 +182,7 @@ def test_obs_not_running_then_started_connects_in_the_background(scenario: dict[
 
 @pytest.mark.slow
 def test_the_anchor_scene_is_ensured_without_duplicates(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "ensure")
+    phase = phase_of(scenario, "ensure")
     ours = {"anchorcast media": "ffmpeg_source", "anchorcast captions": "text_ft2_source_v2",
             "anchorcast lower third": "text_ft2_source_v2"}  # fmt: skip
     assert "anchorcast lower third" not in phase["items_after_user_removed_one"]
@@ -204,7 +197,7 @@ def test_the_anchor_scene_is_ensured_without_duplicates(scenario: dict[str, Any]
 
 @pytest.mark.slow
 def test_events_become_captions_and_scenes(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "events")
+    phase = phase_of(scenario, "events")
     assert len(phase["caption_latency_ms"]) == 12
     assert phase["final_still_shown"] == "one two three"
     assert phase["cue_to_program_ms"] is not None
@@ -218,7 +211,7 @@ def test_events_become_captions_and_scenes(scenario: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_screenshots_show_the_stream_and_the_caption(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "screenshot")
+    phase = phase_of(scenario, "screenshot")
     assert scenario["pusher_error"] is None
     assert phase["media_visible_wait_s"] is not None, "the media source never showed the pushed RTMP stream"
     assert not phase["blank"]
@@ -231,7 +224,7 @@ def test_screenshots_show_the_stream_and_the_caption(scenario: dict[str, Any]) -
 
 @pytest.mark.slow
 def test_a_host_run_switches_scenes_and_writes_captions(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "host_run")
+    phase = phase_of(scenario, "host_run")
     assert phase["frames"] > 0
     # the cue outranks speech started for the first segment; then speech ended / started switch
     assert _subsequence(["studio", "wide", "anchorcast", "wide"], phase["scenes_seen"]), phase["scenes_seen"]
@@ -244,7 +237,7 @@ def test_a_host_run_switches_scenes_and_writes_captions(scenario: dict[str, Any]
 
 @pytest.mark.slow
 def test_obs_restart_reconnects_and_reapplies(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "restart")
+    phase = phase_of(scenario, "restart")
     assert phase["before_shown"]
     assert phase["event_call_ms_while_down"] < 100
     assert phase["loss_noticed_ms"] is not None
@@ -256,7 +249,7 @@ def test_obs_restart_reconnects_and_reapplies(scenario: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_a_wrong_or_missing_password_is_one_clear_error(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "wrong_password")
+    phase = phase_of(scenario, "wrong_password")
     assert phase["wrong_error_type"] == "InputError"
     assert phase["wrong_error"].startswith("OBS rejected the password (close code 4009)")
     assert "ANCHORCAST_TEST_OBS_WRONG_PASSWORD" in phase["wrong_error"]
@@ -270,7 +263,7 @@ def test_a_wrong_or_missing_password_is_one_clear_error(scenario: dict[str, Any]
 def test_a_password_changed_while_streaming_stops_the_output_without_a_retry_storm(
     scenario: dict[str, Any],
 ) -> None:
-    phase = _phase(scenario, "password_changed")
+    phase = phase_of(scenario, "password_changed")
     assert phase["rejected_after_restart_s"] is not None
     assert "close code 4009" in phase["write_error"]
     assert phase["connections"] == 1  # over 5 s after the rejection: no further attempt

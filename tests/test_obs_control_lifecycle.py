@@ -28,7 +28,7 @@ from anchorcast.media import Caption, Event, SpeechStarted
 from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
-from tests.obs_studio import run_scenario
+from tests.obs_studio import phase_of, run_scenario
 from tests.servers import free_port
 
 SCENARIO_TIMEOUT_S = 300
@@ -113,16 +113,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = tmp_path_factory.mktemp("obs-lifecycle") / "result.json"
     return run_scenario("tests.obs_lifecycle_scenario", result, SCENARIO_TIMEOUT_S, "OBS lifecycle scenario")[0]
 
-def _phase(report: dict[str, Any], name: str) -> dict[str, Any]:
-    phase = report["phases"][name]
-    if "error" in phase:
-        pytest.fail(f"phase {name} raised:\n{phase['error']}")
-    return phase
-
-
 @pytest.mark.slow
 def test_an_unexpected_worker_error_while_connected_to_obs_fails_the_output(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "unexpected_error")
+    phase = phase_of(scenario, "unexpected_error")
     assert phase["connections_while_up"] == ["ESTABLISHED"]
     assert phase["write_error"] is not None, "write() never raised: the output did not report its dead worker"
     assert "AttributeError" in phase["write_error"]
@@ -134,7 +127,7 @@ def test_an_unexpected_worker_error_while_connected_to_obs_fails_the_output(scen
 
 @pytest.mark.slow
 def test_close_closes_the_connection_when_the_worker_does_not_stop_in_time(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "close_while_obs_hangs")
+    phase = phase_of(scenario, "close_while_obs_hangs")
     assert phase["connections_while_up"] == ["ESTABLISHED"]
     assert phase["worker_alive_after_join_timeout"], "the worker stopped in time: the case was not exercised"
     assert phase["connections_after_close"] == [], "close() left the connection to OBS open"
@@ -145,7 +138,7 @@ def test_close_closes_the_connection_when_the_worker_does_not_stop_in_time(scena
 
 @pytest.mark.slow
 def test_the_event_queue_is_bounded_while_obs_hangs(scenario: dict[str, Any]) -> None:
-    phase = _phase(scenario, "close_while_obs_hangs")
+    phase = phase_of(scenario, "close_while_obs_hangs")
     figures = phase["figures_while_hung"]
     assert figures.get("dropped_events", 0) >= phase["events"] - 5000, figures
     assert figures.get("queued_events", phase["events"]) <= 5000, figures
