@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from anchorcast.timeline import Timeline
 
 
+WRITE_TIME_REFRESH_S = 0.5
+"""How often the outputs' typical write time, which each frame's render deadline leaves room for, is re-read."""
+
+
 class Rendering:
     """The renderer's half of the scheduler."""
 
@@ -39,6 +43,7 @@ class Rendering:
     _next_to_air: int
     _next_to_take: int
     _air_start: float | None
+    _write_s: tuple[float, float] = (-1e9, 0.0)  # (when measured, the outputs' p50 write time in seconds)
 
     def _render_loop(self) -> None:
         engine = self.engine
@@ -130,8 +135,12 @@ class Rendering:
     def _deadline(self, index: int) -> float | None:
         if not self.config.live or self._air_start is None:
             return None
-        write_ms = sum(self.metrics.stage(f"output:{name}").get("p50_ms", 0.0) for name, _ in self.outputs)
-        return self._air_time(index) - write_ms / 1000
+        now = time.monotonic()
+        measured_at, write_s = self._write_s
+        if now - measured_at > WRITE_TIME_REFRESH_S:  # percentiles per batch cost more than the batch choice
+            write_s = sum(self.metrics.stage(f"output:{name}").get("p50_ms", 0.0) for name, _ in self.outputs) / 1000
+            self._write_s = (now, write_s)
+        return self._air_time(index) - write_s
 
     def _air_time(self, index: int) -> float:
         assert self._air_start is not None

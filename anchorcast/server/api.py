@@ -35,6 +35,7 @@ from anchorcast.server.pcm import PcmStream
 from anchorcast.server.preview import BOUNDARY, multipart_part
 from anchorcast.server.session import NotOnAir
 from anchorcast.server.studio import AtCapacity, Conflict, Forbidden, NotFound, Studio
+from anchorcast.server.whep import add_whep_routes
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
             raise HTTPException(400, "give a scene, a lower_third or data")
         studio.get(session_id).cue(body.scene, body.lower_third, body.data)
         return {"queued": True}
+
+    add_whep_routes(app, studio, authorized, read_body)
 
     @app.get("/v1/sessions/{session_id}/preview.mjpeg", dependencies=authorized, tags=["watch"])
     async def preview(session_id: str) -> StreamingResponse:

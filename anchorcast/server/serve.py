@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import shlex
 import signal
 import socket
@@ -38,8 +39,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--separate-engines", action="store_true",
                         help="give every session an engine of its own (default: sessions with the same engine, "
                         "settings and stream format share one, their frames batched together)")
+    parser.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                        help="STUN/TURN server for WebRTC viewers, stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT "
+                        "(repeatable; also $ANCHORCAST_ICE_SERVERS, comma-separated; default: none, host "
+                        "candidates only, enough on a LAN)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser pages from this origin to call the API (repeatable; default: none)")
+
+
+def ice_servers(args: argparse.Namespace) -> list[str]:
+    from_env = [url.strip() for url in os.environ.get("ANCHORCAST_ICE_SERVERS", "").split(",") if url.strip()]
+    servers = [*args.ice_server, *from_env]
+    for url in servers:
+        if url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
+            raise AnchorcastError(f"ICE server {url!r}: give stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT")
+    return servers
 
 
 def is_loopback(host: str) -> bool:
@@ -89,7 +103,11 @@ def command_serve(args: argparse.Namespace, console: Console) -> int:
             raise AnchorcastError(f"{given} is not in the --profiles folder {profiles_dir}")
     studio = Studio(StudioConfig(profiles_dir=profiles_dir, outputs_dir=args.outputs,
                                  limits=ServerLimits(max_sessions=args.max_sessions),
-                                 share_engines=not args.separate_engines))
+                                 share_engines=not args.separate_engines, ice_servers=ice_servers(args)))
+    if is_loopback(args.host):
+        from anchorcast_plugins.outputs.webrtc.viewers import include_loopback_candidates
+
+        include_loopback_candidates()
     token, generated = server_token()
     sock = bind(args.host, args.port)
     try:

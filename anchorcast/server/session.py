@@ -24,6 +24,7 @@ from anchorcast.server.engines import EnginePool
 from anchorcast.server.fanout import Fanout
 from anchorcast.server.preview import PreviewOutput
 from anchorcast.server.voices import VoiceRouter, voice_stage
+from anchorcast_plugins.outputs.webrtc.output import WebRtcOutput
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Session:
     """A running profile. Create with :meth:`start`; :meth:`stop` finalises every output."""
 
     def __init__(self, session_id: str, profile: Profile, host: Host, *, max_queue: int = 32,
-                 preview_fps: float = 10.0, engines: EnginePool | None = None) -> None:
+                 preview_fps: float = 10.0, engines: EnginePool | None = None,
+                 ice_servers: list[str] | None = None) -> None:
         self.id = session_id
         self.profile = profile
         self.created_at = time.time()
@@ -78,6 +80,7 @@ class Session:
         self.source = ControlSource()
         self.max_queue = max_queue
         self.preview = PreviewOutput(preview_fps)
+        self.webrtc = WebRtcOutput(ice_servers)
         self.report: dict[str, Any] = {}
         self.engines = engines
         self.utterances: dict[str, Utterance] = {}
@@ -136,7 +139,7 @@ class Session:
             try:
                 self.host.run(
                     profile, source=self.source, voice=voice, engine=engine,
-                    extra_outputs=[("preview", self.preview)], on_ready=self._on_ready,
+                    extra_outputs=[("preview", self.preview), ("webrtc", self.webrtc)], on_ready=self._on_ready,
                 )
             finally:
                 if engine is not None:
@@ -154,6 +157,7 @@ class Session:
             self._ready.set()
             self._done.set()
             self.preview.close()
+            self.webrtc.close()  # the host closed it already unless the run failed before opening it
             self.events.publish({"type": "session_ended", "session": self.id, "time": time.time(),
                                  "state": self.state, "error": self.error})
             self.events.close()
@@ -292,6 +296,7 @@ class Session:
             "engine": self.profile.engine.use,
             "queue": [u.summary() for u in self.pending()],
             "outputs": outputs,
+            "webrtc": self.webrtc.describe(),
             "metrics": {
                 "frames": report.get("frames", 0),
                 "fps": report.get("frames_per_second", 0.0),

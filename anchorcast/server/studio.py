@@ -63,6 +63,8 @@ class StudioConfig:
     preview_fps: float = 10.0
     share_engines: bool = True
     """Sessions with the same engine, settings and stream format share one loaded engine."""
+    ice_servers: list[str] = field(default_factory=list)
+    """STUN/TURN servers for WebRTC viewers; none: host candidates only (enough on a LAN)."""
 
 
 class Studio:
@@ -158,7 +160,7 @@ class Studio:
             profile, host = self.load(session_id, profile_name, assignments)
             profile.pace = "realtime"
             session = Session(session_id, profile, host, max_queue=limits.max_queue,
-                              preview_fps=self.config.preview_fps,
+                              preview_fps=self.config.preview_fps, ice_servers=self.config.ice_servers,
                               engines=self.engines if self.config.share_engines else None)
             session.start()
             with self._lock:

@@ -1,0 +1,118 @@
+"""Encodes a session's frames and audio once, for every WebRTC viewer: VP8 video and Opus audio as PyAV packets.
+
+aiortc sends a pre-encoded :class:`av.Packet` as it is (``Encoder.pack``) instead of encoding per viewer, so N
+viewers cost one encoder plus N packetisers and SRTP. VP8 because every WebRTC browser must decode it (OBS's
+Browser Source included, which has no H.264 in many builds). The settings follow aiortc's own VP8 encoder
+(realtime, constant bit rate, no lag); a keyframe is forced when a viewer joins or asks for one (PLI), and one
+comes every :data:`KEYFRAME_INTERVAL_S` anyway, so a lost packet heals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from anchorcast.media import AudioChunk, Image, StreamFormat
+
+VIDEO_TIME_BASE = Fraction(1, 90000)
+"""RTP's video clock."""
+OPUS_RATE = 48000
+OPUS_FRAME_S = 0.02
+KEYFRAME_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What one frame on air became: its video packets and its audio packets, each audio packet with its offset
+    (seconds) from the frame's air time, so that it is sent when it plays rather than in a burst."""
+
+    video: list[av.Packet]
+    audio: list[tuple[float, av.Packet]]
+    keyframe: bool
+
+
+class StreamEncoder:
+    """VP8 + Opus for one session and one picture layout. Not thread-safe: one thread calls :meth:`encode`."""
+
+    def __init__(self, fmt: StreamFormat, bitrate: int, width: int | None = None, height: int | None = None) -> None:
+        self.fmt = fmt
+        self.width = width or fmt.width
+        self.height = height or fmt.height
+        self.bitrate = bitrate
+        self.video = _vp8(self.width, self.height, fmt, bitrate)
+        self.audio = _opus()
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
+        self._keyframe_every = max(1, round(KEYFRAME_INTERVAL_S * float(fmt.fps)))
+        self._since_keyframe = 0
+        self.frames = 0
+
+    def encode(self, image: Image, index: int, audio: AudioChunk, keyframe: bool = False) -> Encoded:
+        """Encodes the frame shown at ``index / fps`` and the audio under it."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[..., :3]), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = round(index * VIDEO_TIME_BASE.denominator / self.fmt.fps)
+        frame.time_base = VIDEO_TIME_BASE
+        keyframe = keyframe or self._since_keyframe + 1 >= self._keyframe_every or self.frames == 0
+        if keyframe:
+            frame.pict_type = av.video.frame.PictureType.I
+        video = list(self.video.encode(frame))
+        for packet in video:
+            packet.time_base = VIDEO_TIME_BASE
+        got_key = any(packet.is_keyframe for packet in video)
+        self._since_keyframe = 0 if got_key else self._since_keyframe + 1
+        self.frames += 1
+        return Encoded(video, self._encode_audio(audio, index), got_key)
+
+    def _encode_audio(self, chunk: AudioChunk, index: int) -> list[tuple[float, av.Packet]]:
+        if len(chunk.samples) == 0:
+            return []
+        pcm = (np.clip(chunk.samples, -1.0, 1.0) * 32767).astype(np.int16)[None, :]
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = chunk.sample_rate
+        frame.pts = chunk.start
+        frame.time_base = Fraction(1, chunk.sample_rate)
+        frame_start = index / float(self.fmt.fps)
+        packets = []
+        for resampled in self._resampler.resample(frame):
+            for packet in self.audio.encode(resampled):
+                packet.time_base = Fraction(1, OPUS_RATE)
+                offset = max(0.0, float(packet.pts * packet.time_base) - frame_start) if packet.pts is not None else 0.0
+                packets.append((offset, packet))
+        return packets
+
+    def close(self) -> None:
+        """Drops the encoders (nothing is flushed: a viewer only ever wants what is live)."""
+        self.video = None  # type: ignore[assignment]
+        self.audio = None  # type: ignore[assignment]
+
+
+def _vp8(width: int, height: int, fmt: StreamFormat, bitrate: int) -> av.VideoCodecContext:
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height = width - width % 2, height - height % 2
+    codec.pix_fmt = "yuv420p"
+    codec.time_base = VIDEO_TIME_BASE
+    codec.framerate = Fraction(fmt.fps)
+    codec.bit_rate = bitrate
+    codec.gop_size = 3000  # keyframes are forced (joins, PLI, every KEYFRAME_INTERVAL_S), not scheduled by libvpx
+    codec.qmin, codec.qmax = 2, 56
+    codec.thread_count = 2 if width * height >= 640 * 360 else 1
+    codec.options = {
+        "bufsize": str(bitrate), "minrate": str(bitrate), "maxrate": str(bitrate),
+        "cpu-used": "8", "deadline": "realtime", "lag-in-frames": "0", "static-thresh": "1",
+        "undershoot-pct": "100", "overshoot-pct": "15", "partitions": "0", "error-resilient": "1",
+    }  # fmt: skip
+    return codec
+
+
+def _opus() -> av.AudioCodecContext:
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = OPUS_RATE
+    codec.layout = "mono"
+    codec.format = "s16"
+    codec.bit_rate = 64000
+    codec.time_base = Fraction(1, OPUS_RATE)
+    codec.options = {"application": "lowdelay", "frame_duration": str(round(OPUS_FRAME_S * 1000))}
+    return codec

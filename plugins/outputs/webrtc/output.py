@@ -1,0 +1,189 @@
+"""The ``webrtc`` output of a studio-server session: its audio and video to any number of WHEP viewers.
+
+The playout thread only hands over a reference to each frame, and only while someone watches. A thread of its own
+encodes it once (:class:`~.encoding.StreamEncoder`); the packets go to every viewer on the server's event loop,
+video at once and each 20 ms Opus packet at the moment it plays, so both tracks leave on the session's clock and
+aiortc's RTCP sender reports (which a browser uses for lip sync) map both to the same wall clock.
+
+What a viewer costs: nothing for encoding (one VP8 and one Opus encoder per session, however many watch); per
+viewer, RTP packetisation, SRTP encryption and the network: about 1.5 Mbit/s at the default bit rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from anchorcast.media import AudioChunk, Image, StreamFormat, VideoFrame
+from anchorcast_plugins.outputs.webrtc.encoding import Encoded, StreamEncoder
+from anchorcast_plugins.outputs.webrtc.viewers import Viewer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BITRATE = 1_500_000
+DEFAULT_MAX_VIEWERS = 10
+ENCODE_BACKLOG = 6
+"""Frames the encoder may fall behind before the oldest is dropped (and a keyframe forced)."""
+
+
+class TooManyViewers(Exception):
+    """The session already has its maximum number of viewers."""
+
+
+class WebRtcOutput:
+    """Serves the frames on air to WHEP viewers (see the module docstring)."""
+
+    live = False
+
+    def __init__(self, ice_servers: list[str] | None = None, bitrate: int = DEFAULT_BITRATE,
+                 max_viewers: int = DEFAULT_MAX_VIEWERS) -> None:
+        self.ice_servers = list(ice_servers or [])
+        self.bitrate = bitrate
+        self.max_viewers = max_viewers
+        self.viewers: dict[str, Viewer] = {}
+        self.encoded_frames = 0
+        self.dropped_frames = 0
+        self._fmt: StreamFormat | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frames: queue.Queue[tuple[Image, int, AudioChunk, float] | None] = queue.Queue(ENCODE_BACKLOG)
+        self._keyframe = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # --- the Output protocol (the playout thread) -------------------------------------------------------
+
+    def open(self, fmt: StreamFormat) -> None:
+        self._fmt = fmt
+        self._thread = threading.Thread(target=self._encode_loop, name="anchorcast-webrtc", daemon=True)
+        self._thread.start()
+
+    def write(self, frame: VideoFrame, audio: AudioChunk) -> None:
+        if not self.viewers or self._closed:
+            return
+        item = (frame.image, frame.index, audio, time.monotonic())
+        try:
+            self._frames.put_nowait(item)
+        except queue.Full:
+            try:
+                self._frames.get_nowait()
+                self.dropped_frames += 1
+            except queue.Empty:
+                pass
+            self._keyframe.set()
+            self._frames.put_nowait(item)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._frames.put_nowait(None)
+        except queue.Full:
+            self._frames.get_nowait()
+            self._frames.put_nowait(None)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self.viewers:
+            return
+        hang_up = asyncio.run_coroutine_threadsafe(self._close_viewers(), loop)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:
+            try:
+                hang_up.result(timeout=5)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                log.warning("webrtc: viewers did not hang up within 5 s")
+
+    # --- viewers (the server's event loop) ------------------------------------------------------------------
+
+    async def add_viewer(self, offer_sdp: str) -> tuple[Viewer, str]:
+        """A new viewer from its SDP offer; returns it with the SDP answer. :class:`TooManyViewers` at the limit,
+        ValueError for an offer that cannot be answered."""
+        if self._closed:
+            raise ValueError("the session is ending")
+        if len(self.viewers) >= self.max_viewers:
+            raise TooManyViewers(f"this session already has {self.max_viewers} viewers (the most it takes)")
+        self._loop = asyncio.get_running_loop()
+        viewer = Viewer(self.ice_servers, self._forget, self._keyframe.set)
+        try:
+            answer = await viewer.answer(offer_sdp)
+        except Exception:
+            await viewer.close()
+            raise
+        self.viewers[viewer.id] = viewer
+        self._keyframe.set()
+        return viewer, answer
+
+    async def remove_viewer(self, viewer_id: str) -> bool:
+        viewer = self.viewers.get(viewer_id)
+        if viewer is None:
+            return False
+        await viewer.close()
+        return True
+
+    def _forget(self, viewer: Viewer) -> None:
+        self.viewers.pop(viewer.id, None)
+
+    async def _close_viewers(self) -> None:
+        await asyncio.gather(*(viewer.close() for viewer in list(self.viewers.values())), return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"viewers": [viewer.describe() for viewer in list(self.viewers.values())],
+                "encoded_frames": self.encoded_frames, "dropped_frames": self.dropped_frames}
+
+    # --- encoding (its own thread) ----------------------------------------------------------------------------
+
+    def _encode_loop(self) -> None:
+        assert self._fmt is not None
+        encoder: StreamEncoder | None = None
+        while True:
+            item = self._frames.get()
+            if item is None:
+                return
+            image, index, audio, air = item
+            if not self.viewers:
+                encoder = None  # the next first viewer starts a fresh stream
+                continue
+            if encoder is None or (encoder.width, encoder.height) != (image.shape[1], image.shape[0]):
+                encoder = StreamEncoder(self._fmt, self.bitrate, image.shape[1], image.shape[0])
+            keyframe = self._keyframe.is_set()
+            self._keyframe.clear()
+            try:
+                encoded = encoder.encode(image, index, audio, keyframe)
+            except Exception:
+                log.exception("webrtc: encoding frame %d failed; starting a new stream", index)
+                encoder = None
+                continue
+            self.encoded_frames += 1
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._distribute, encoded, air)
+                except RuntimeError:  # the loop closed meanwhile
+                    return
+
+    def _distribute(self, encoded: Encoded, air: float) -> None:
+        assert self._loop is not None
+        viewers = list(self.viewers.values())
+        for packet in encoded.video:
+            for viewer in viewers:
+                viewer.offer("video", packet, encoded.keyframe)
+        now = self._loop.time()
+        for offset, packet in encoded.audio:
+            when = air + offset
+            if when <= now + 0.002:
+                self._send_audio(packet)
+            else:
+                self._loop.call_at(when, self._send_audio, packet)
+
+    def _send_audio(self, packet: Any) -> None:
+        for viewer in list(self.viewers.values()):
+            viewer.offer("audio", packet)
