@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian machine: the real components the integration tests talk to
-# (nginx with the RTMP module, OBS Studio headless under Xvfb, a PulseAudio loopback, PortAudio) and the Python
+# (nginx with the RTMP module, OBS Studio headless under Xvfb, a PulseAudio loopback, PortAudio, Debian's
+# Chromium for the browser tests, driven by Playwright with its executable path: no browser download) and the Python
 # packages (anchorcast with its extras; torch pinned to the CPU build these machines carry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 APT_PACKAGES=(nginx libnginx-mod-rtmp obs-studio xvfb xauth pulseaudio pulseaudio-utils libasound2-plugins
-              libportaudio2 iproute2 util-linux)
+              libportaudio2 iproute2 util-linux chromium)
 if ! dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

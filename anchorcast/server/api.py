@@ -31,6 +31,7 @@ from anchorcast.server.auth import COOKIE, bearer, token_matches
 from anchorcast.server.control import QueueFull
 from anchorcast.server.fanout import Ended, Lagged, Subscription
 from anchorcast.server.models import Created, CreateSession, CueRequest, Interrupted, Queued, Say
+from anchorcast.server.pages import mount_pages
 from anchorcast.server.pcm import PcmStream
 from anchorcast.server.preview import BOUNDARY, multipart_part
 from anchorcast.server.session import NotOnAir
@@ -276,6 +277,7 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
             await _close(websocket, 1000, "done")
 
     docs.mount(app, authorized)
+    mount_pages(app)
     return app
 
 

@@ -1,0 +1,33 @@
+"""The pages the server serves to browsers: ``/console``, the operator console (plain HTML, CSS and JavaScript
+inside the package: no CDN, no build step).
+
+The page and its files carry no secret, so they load without the token; everything they show comes from the API,
+which asks for it. The console takes the token in its sign-in form (or ``/console?token=``, removed from the
+address bar at once) and keeps it for the browser tab only (``sessionStorage``).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+_CONSOLE = {"console.js": "text/javascript", "whep.js": "text/javascript", "console.css": "text/css"}
+_NO_STORE = {"Cache-Control": "no-cache"}
+
+
+def _read(folder: str, name: str) -> bytes:
+    return (resources.files("anchorcast.server") / "static" / folder / name).read_bytes()
+
+
+def mount_pages(app: FastAPI) -> None:
+    @app.get("/console", include_in_schema=False)
+    async def console() -> HTMLResponse:
+        return HTMLResponse(_read("console", "index.html"), headers=_NO_STORE)
+
+    @app.get("/static/console/{name}", include_in_schema=False)
+    async def console_asset(name: str) -> Response:
+        if name not in _CONSOLE:
+            raise HTTPException(404, f"no such file: {name}")
+        return Response(_read("console", name), media_type=_CONSOLE[name], headers=_NO_STORE)
