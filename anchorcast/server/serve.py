@@ -153,6 +153,8 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 def _announce(console: Console, url: str, token: str, generated: bool, path: Path, has_session: bool) -> None:
     console.print(f"[bold]anchorcast studio[/] on [bold]{url}[/]  (API documentation: {url}/docs?token=...)",
                   highlight=False, soft_wrap=True)
+    console.print(f"console: {url}/console  (watch and drive the sessions in a browser)", highlight=False,
+                  soft_wrap=True)
     if generated:
         console.print(f"token: [bold]{escape(token)}[/]  (saved to {escape(str(path))}, readable only by you; "
                       "set ANCHORCAST_TOKEN to choose your own)", highlight=False, soft_wrap=True)
