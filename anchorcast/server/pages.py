@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
 _CONSOLE = {"console.js": "text/javascript", "whep.js": "text/javascript", "console.css": "text/css"}
-_NO_STORE = {"Cache-Control": "no-cache"}
+_REVALIDATE = {"Cache-Control": "no-cache"}
 
 
 def _read(folder: str, name: str) -> bytes:
@@ -24,10 +24,10 @@ def _read(folder: str, name: str) -> bytes:
 def mount_pages(app: FastAPI) -> None:
     @app.get("/console", include_in_schema=False)
     async def console() -> HTMLResponse:
-        return HTMLResponse(_read("console", "index.html"), headers=_NO_STORE)
+        return HTMLResponse(_read("console", "index.html"), headers=_REVALIDATE)
 
     @app.get("/static/console/{name}", include_in_schema=False)
     async def console_asset(name: str) -> Response:
         if name not in _CONSOLE:
             raise HTTPException(404, f"no such file: {name}")
-        return Response(_read("console", name), media_type=_CONSOLE[name], headers=_NO_STORE)
+        return Response(_read("console", name), media_type=_CONSOLE[name], headers=_REVALIDATE)

@@ -83,11 +83,6 @@ class StreamEncoder:
                 packets.append((offset, packet))
         return packets
 
-    def close(self) -> None:
-        """Drops the encoders (nothing is flushed: a viewer only ever wants what is live)."""
-        self.video = None  # type: ignore[assignment]
-        self.audio = None  # type: ignore[assignment]
-
 
 def _vp8(width: int, height: int, fmt: StreamFormat, bitrate: int) -> av.VideoCodecContext:
     codec = av.CodecContext.create("libvpx", "w")
