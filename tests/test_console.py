@@ -67,7 +67,10 @@ def test_the_console_signs_in_plays_the_session_and_speaks_typed_text(server: St
         stats = wait_for(page, "(async () => { const s = await window.anchorcast.viewer?.stats();"
                                " return s && s.framesDecoded > 25 && s.audioSamples > 0 ? s : null; })()")
         assert stats["state"] == "connected"
-        idle = [video_pixels(page) for _ in range(2) if time.sleep(0.4) is None]
+        idle = []
+        for _ in range(2):
+            time.sleep(0.4)
+            idle.append(video_pixels(page))
         still = mouth_motion(idle, idle[0]).max()
 
         page.fill("#say-text", "Good evening, and welcome to the late bulletin from the newsroom.")

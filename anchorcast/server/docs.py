@@ -8,7 +8,6 @@ token for the calls you try.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -16,6 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from anchorcast.server.auth import COOKIE
+from anchorcast.server.pages import static_file
 
 _ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",
@@ -46,5 +46,4 @@ def mount(app: FastAPI, authorized: list[Any]) -> None:
     async def asset(name: str) -> Response:
         if name not in _ASSETS:
             raise HTTPException(404, f"no such file: {name}")
-        data = (resources.files("anchorcast.server") / "static" / "swagger-ui" / name).read_bytes()
-        return Response(data, media_type=_ASSETS[name], headers={"Cache-Control": "max-age=86400"})
+        return Response(static_file("swagger-ui", name), media_type=_ASSETS[name], headers={"Cache-Control": "max-age=86400"})

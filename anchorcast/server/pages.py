@@ -17,17 +17,18 @@ _CONSOLE = {"console.js": "text/javascript", "whep.js": "text/javascript", "cons
 _REVALIDATE = {"Cache-Control": "no-cache"}
 
 
-def _read(folder: str, name: str) -> bytes:
+def static_file(folder: str, name: str) -> bytes:
+    """A file the package ships under ``anchorcast/server/static/FOLDER``."""
     return (resources.files("anchorcast.server") / "static" / folder / name).read_bytes()
 
 
 def mount_pages(app: FastAPI) -> None:
     @app.get("/console", include_in_schema=False)
     async def console() -> HTMLResponse:
-        return HTMLResponse(_read("console", "index.html"), headers=_REVALIDATE)
+        return HTMLResponse(static_file("console", "index.html"), headers=_REVALIDATE)
 
     @app.get("/static/console/{name}", include_in_schema=False)
     async def console_asset(name: str) -> Response:
         if name not in _CONSOLE:
             raise HTTPException(404, f"no such file: {name}")
-        return Response(_read("console", name), media_type=_CONSOLE[name], headers=_REVALIDATE)
+        return Response(static_file("console", name), media_type=_CONSOLE[name], headers=_REVALIDATE)

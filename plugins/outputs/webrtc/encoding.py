@@ -37,10 +37,10 @@ class Encoded:
 class StreamEncoder:
     """VP8 + Opus for one session and one picture layout. Not thread-safe: one thread calls :meth:`encode`."""
 
-    def __init__(self, fmt: StreamFormat, bitrate: int, width: int | None = None, height: int | None = None) -> None:
+    def __init__(self, fmt: StreamFormat, bitrate: int, width: int, height: int) -> None:
         self.fmt = fmt
-        self.width = width or fmt.width
-        self.height = height or fmt.height
+        self.width = width
+        self.height = height
         self.bitrate = bitrate
         self.video = _vp8(self.width, self.height, fmt, bitrate)
         self.audio = _opus()
