@@ -129,6 +129,8 @@ class LipEngine(Protocol):
     ``lookbehind`` and ``lookahead`` are audio context in seconds the engine needs around each frame;
     ``max_batch`` bounds the batches the scheduler forms (it picks the size from measured latency).
     ``idle`` must be cheap: it is the overrun fallback and the frame shown in silence.
+    An engine may also have a ``matte`` attribute: once open, the anchor's silhouette as an (H, W) uint8 alpha
+    in output pixels, which the browser overlay uses to cut the anchor out (absent or None: the whole frame).
     """
 
     lookbehind: float

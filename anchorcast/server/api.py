@@ -209,7 +209,7 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
         studio.get(session_id).cue(body.scene, body.lower_third, body.data)
         return {"queued": True}
 
-    add_whep_routes(app, studio, authorized, read_body)
+    add_whep_routes(app, studio, token, authorized, read_body)
 
     @app.get("/v1/sessions/{session_id}/preview.mjpeg", dependencies=authorized, tags=["watch"])
     async def preview(session_id: str) -> StreamingResponse:

@@ -67,6 +67,12 @@ def token_matches(expected: str, offered: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), offered.encode())
 
 
+def watch_key(token: str, session_id: str) -> str:
+    """The key that lets its holder watch one session over WHEP and do nothing else: what an overlay URL in an
+    OBS scene carries instead of the server's token. Derived from the token, so it changes when the token does."""
+    return hmac.new(token.encode(), f"watch:{session_id}".encode(), "sha256").hexdigest()[:32]
+
+
 def bearer(header: str | None) -> str | None:
     if not header:
         return None
@@ -75,9 +81,9 @@ def bearer(header: str | None) -> str | None:
 
 
 class RedactTokens(logging.Filter):
-    """Keeps ``token=...`` out of every log line (uvicorn's access log prints query strings)."""
+    """Keeps ``token=...`` and ``watch=...`` out of every log line (uvicorn's access log prints query strings)."""
 
-    _pattern = re.compile(r"(token=)[^&\s\"']+")
+    _pattern = re.compile(r"((?:token|watch)=)[^&\s\"']+")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:

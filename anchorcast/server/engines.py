@@ -148,6 +148,11 @@ class EngineClient:
     def open(self, fmt: StreamFormat) -> None:
         pass  # opened once, by the pool
 
+    @property
+    def matte(self) -> Image | None:
+        """The shared engine's silhouette (see :class:`~anchorcast.components.LipEngine`), if it has one."""
+        return getattr(self._shared.engine, "matte", None)
+
     def render(self, jobs: Sequence[FrameJob]) -> list[Image]:
         return self._shared.render(jobs)
 

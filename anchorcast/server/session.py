@@ -136,6 +136,8 @@ class Session:
         try:
             voice = VoiceRouter(self.host, profile.voice or voice_stage(self.host, "espeak"), self.source.voice_for)
             engine = self.engines.acquire(self.host, profile.engine, profile.stream) if self.engines else None
+            if engine is not None:
+                self.webrtc.matte_source = lambda: engine.matte
             try:
                 self.host.run(
                     profile, source=self.source, voice=voice, engine=engine,

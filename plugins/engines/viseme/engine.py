@@ -14,7 +14,14 @@ from anchorcast.components import FrameJob
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
 from anchorcast_plugins.engines.viseme.idle import IdleMotion, find_eyes
-from anchorcast_plugins.engines.viseme.portrait import Box, PortraitRenderer, detect_face, load_image, parse_colour
+from anchorcast_plugins.engines.viseme.portrait import (
+    Box,
+    PortraitRenderer,
+    detect_face,
+    load_image,
+    load_matte,
+    parse_colour,
+)
 from anchorcast_plugins.engines.viseme.shapes import (
     REST,
     MouthShape,
@@ -37,6 +44,7 @@ with the audio 15-20 ms late (measured at 100 fps on both voices), which is 0.4-
 
 class Renderer(Protocol):
     idle_frame: Image | None
+    matte: Image | None
 
     def open(self, fmt: StreamFormat) -> None: ...
 
@@ -112,6 +120,12 @@ class VisemeEngine:
         self.renderer.close()
 
     @property
+    def matte(self) -> Image | None:
+        """Once open: the anchor's silhouette as (H, W) uint8 alpha in output pixels (the browser overlay cuts
+        the anchor out with it); blinks and breathing move the portrait by about a pixel, not the matte."""
+        return self.renderer.matte
+
+    @property
     def mouth_region(self) -> tuple[int, int, int, int] | None:
         """Portrait mode, once open: the ``(x0, y0, x1, y1)`` output pixels a mouth may change; else None."""
         return self.renderer.region if isinstance(self.renderer, PortraitRenderer) else None
@@ -170,5 +184,6 @@ def create_engine(settings: Mapping[str, Any], on_air: bool = False) -> VisemeEn
     elif face_box.right > image.shape[1] or face_box.bottom > image.shape[0]:
         raise InputError(f"viseme: face_box {[face_box.x, face_box.y, face_box.w, face_box.h]} lies outside the "
                          f"avatar image {path} ({image.shape[1]}x{image.shape[0]} pixels)")
-    return VisemeEngine(PortraitRenderer(image, face_box, _background(settings.get("background", "blur"), False)),
-                        mouth_scale, idle_motion)
+    renderer = PortraitRenderer(image, face_box, _background(settings.get("background", "blur"), False),
+                                load_matte(path))
+    return VisemeEngine(renderer, mouth_scale, idle_motion)

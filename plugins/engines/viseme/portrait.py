@@ -73,6 +73,31 @@ def load_image(path: Path) -> Image:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+MATTE_SUFFIX = "-matte.png"
+"""A portrait without an alpha channel may have its alpha beside it: ``anchor.jpg`` -> ``anchor-matte.png``."""
+
+
+def load_matte(path: Path) -> Image | None:
+    """The portrait's alpha as (H, W) uint8, from its own alpha channel or from the grey ``<stem>-matte.png``
+    beside it; None when it has neither (the whole picture is the anchor). InputError for an unreadable or
+    wrongly sized matte file, naming it."""
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is not None and image.ndim == 3 and image.shape[2] == 4:
+        alpha = image[:, :, 3]
+        return (alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha.copy()
+    beside = path.with_name(path.stem + MATTE_SUFFIX)
+    if not beside.is_file():
+        return None
+    matte = cv2.imdecode(np.fromfile(beside, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if matte is None:
+        raise InputError(f"cannot read the portrait's matte {beside}: not an image OpenCV can decode")
+    if image is not None and matte.shape != image.shape[:2]:
+        raise InputError(f"the matte {beside} is {matte.shape[1]}x{matte.shape[0]} pixels but the portrait {path} "
+                         f"is {image.shape[1]}x{image.shape[0]}", hint="make the matte the portrait's size")
+    return matte
+
+
 def detect_face(image: Image) -> Box | None:
     """The largest confident frontal face in an RGB image (OpenCV's bundled Haar cascade), or None."""
     from anchorcast_plugins.engines.faces import FaceDetector
@@ -150,11 +175,16 @@ def _bump(x: Float32Array) -> Float32Array:
 class PortraitRenderer:
     """Draws a portrait with its mouth opened, rounded or spread by a :class:`MouthShape`."""
 
-    def __init__(self, image: Image, face: Box, background: str | tuple[int, int, int]) -> None:
+    def __init__(self, image: Image, face: Box, background: str | tuple[int, int, int],
+                 alpha: Image | None = None) -> None:
         self.image = image
         self.face = face
         self.background = background
+        self.alpha = alpha
         self.idle_frame: Image | None = None
+        self.matte: Image | None = None
+        """The anchor's silhouette in output pixels, once open (see :func:`load_matte`): the portrait's alpha
+        where it has one, else the whole fitted portrait; 0 in the letterbox."""
         self.face_in_frame: tuple[float, float, float, float] | None = None
         """The face box in output pixels, once open."""
         self.mouth: MouthGeometry | None = None
@@ -180,6 +210,10 @@ class PortraitRenderer:
         frame[y0 : y0 + fit_h, x0 : x0 + fit_w] = _resize(self.image, fit_w, fit_h)
         frame.flags.writeable = False
         self.idle_frame = frame
+        matte = np.zeros((fmt.height, fmt.width), np.uint8)
+        matte[y0 : y0 + fit_h, x0 : x0 + fit_w] = 255 if self.alpha is None else _resize(self.alpha, fit_w, fit_h)
+        matte.flags.writeable = False
+        self.matte = matte
         self.mouth = self.image_mouth.transformed(fit_w / iw, x0, y0)
         f = self.face
         self.face_in_frame = (f.x * fit_w / iw + x0, f.y * fit_w / iw + y0, f.w * fit_w / iw, f.h * fit_w / iw)

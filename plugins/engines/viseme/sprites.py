@@ -94,6 +94,9 @@ class SpriteRenderer:
         self.background = background
         self.frames: dict[Viseme, Image] = {}
         self.idle_frame: Image | None = None
+        self.matte: Image | None = None
+        """Once open: where any sprite is opaque, in output pixels (a set whose sprites share one outline cuts
+        out exactly; elsewhere the background colour shows where only another sprite is opaque)."""
 
     def open(self, fmt: StreamFormat) -> None:
         self.frames = {}
@@ -102,6 +105,10 @@ class SpriteRenderer:
             frame.flags.writeable = False
             self.frames[viseme] = frame
         self.idle_frame = self.frames[Viseme.CLOSED]
+        alphas = [compose(np.dstack([sprite[:, :, 3]] * 4), (0, 0, 0), fmt.width, fmt.height)[:, :, 0]
+                  for sprite in self.sprites.values()]  # white where each sprite is opaque, fitted like it
+        self.matte = np.max(np.stack(alphas), axis=0)
+        self.matte.flags.writeable = False
 
     def close(self) -> None:
         self.frames = {}

@@ -1,5 +1,8 @@
 """Encodes a session's frames and audio once, for every WebRTC viewer: VP8 video and Opus audio as PyAV packets.
 
+One VP8 encoder per picture :class:`Layout` someone watches (the console's plain frame, the overlay's frame with
+its alpha packed beside it) and one Opus encoder for all of them.
+
 aiortc sends a pre-encoded :class:`av.Packet` as it is (``Encoder.pack``) instead of encoding per viewer, so N
 viewers cost one encoder plus N packetisers and SRTP. VP8 because every WebRTC browser must decode it (OBS's
 Browser Source included, which has no H.264 in many builds). The settings follow aiortc's own VP8 encoder
@@ -24,49 +27,86 @@ OPUS_FRAME_S = 0.02
 KEYFRAME_INTERVAL_S = 2.0
 
 
+KEY_NEAR, KEY_FAR = 40.0, 90.0
+"""A pixel this close to the key colour (RGB distance) is transparent, this far opaque; soft in between."""
+
+
 @dataclass(frozen=True)
-class Encoded:
-    """What one frame on air became: its video packets and its audio packets, each audio packet with its offset
-    (seconds) from the frame's air time, so that it is sent when it plays rather than in a burst."""
+class Layout:
+    """What a viewer's picture holds: the frame as it is, or (``alpha``) the frame with its alpha beside it, so a
+    page can cut the anchor out (VP8 has no alpha channel). ``key``: also key out this colour."""
 
-    video: list[av.Packet]
-    audio: list[tuple[float, av.Packet]]
-    keyframe: bool
+    alpha: bool = False
+    key: tuple[int, int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        if not self.alpha:
+            return "plain"
+        return "packed-alpha" if self.key is None else "packed-alpha-key-{:02x}{:02x}{:02x}".format(*self.key)
+
+    def picture(self, image: Image, matte: Image | None) -> Image:
+        """The picture to encode: ``image`` itself, or colour left and alpha (grey) right, twice as wide."""
+        if not self.alpha:
+            return image
+        height, width = image.shape[:2]
+        alpha = matte if matte is not None and matte.shape == (height, width) else None
+        if self.key is not None:
+            keyed = key_alpha(image, self.key)
+            alpha = keyed if alpha is None else np.minimum(alpha, keyed)
+        packed = np.empty((height, 2 * width, 3), np.uint8)
+        packed[:, :width] = image[..., :3]
+        packed[:, width:] = 255 if alpha is None else alpha[..., None]
+        return packed
 
 
-class StreamEncoder:
-    """VP8 + Opus for one session and one picture layout. Not thread-safe: one thread calls :meth:`encode`."""
+def key_alpha(image: Image, key: tuple[int, int, int]) -> Image:
+    """(H, W) uint8 alpha: 0 where ``image`` is the key colour, 255 from :data:`KEY_FAR` away from it."""
+    distance = np.linalg.norm(image[..., :3].astype(np.float32) - np.asarray(key, np.float32), axis=2)
+    return (np.clip((distance - KEY_NEAR) / (KEY_FAR - KEY_NEAR), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+class VideoEncoder:
+    """VP8 for one picture size. Not thread-safe: one thread calls :meth:`encode`."""
 
     def __init__(self, fmt: StreamFormat, bitrate: int, width: int, height: int) -> None:
         self.fmt = fmt
         self.width = width
         self.height = height
-        self.bitrate = bitrate
-        self.video = _vp8(self.width, self.height, fmt, bitrate)
-        self.audio = _opus()
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
+        self.codec = _vp8(width, height, fmt, bitrate)
         self._keyframe_every = max(1, round(KEYFRAME_INTERVAL_S * float(fmt.fps)))
         self._since_keyframe = 0
         self.frames = 0
 
-    def encode(self, image: Image, index: int, audio: AudioChunk, keyframe: bool = False) -> Encoded:
-        """Encodes the frame shown at ``index / fps`` and the audio under it."""
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[..., :3]), format="rgb24")
+    def encode(self, picture: Image, index: int, keyframe: bool = False) -> tuple[list[av.Packet], bool]:
+        """The packets of the picture shown at ``index / fps``, and whether they make a keyframe."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture[..., :3]), format="rgb24")
         frame = frame.reformat(format="yuv420p")
         frame.pts = round(index * VIDEO_TIME_BASE.denominator / self.fmt.fps)
         frame.time_base = VIDEO_TIME_BASE
         keyframe = keyframe or self._since_keyframe + 1 >= self._keyframe_every or self.frames == 0
         if keyframe:
             frame.pict_type = av.video.frame.PictureType.I
-        video = list(self.video.encode(frame))
-        for packet in video:
+        packets = list(self.codec.encode(frame))
+        for packet in packets:
             packet.time_base = VIDEO_TIME_BASE
-        got_key = any(packet.is_keyframe for packet in video)
+        got_key = any(packet.is_keyframe for packet in packets)
         self._since_keyframe = 0 if got_key else self._since_keyframe + 1
         self.frames += 1
-        return Encoded(video, self._encode_audio(audio, index), got_key)
+        return packets, got_key
 
-    def _encode_audio(self, chunk: AudioChunk, index: int) -> list[tuple[float, av.Packet]]:
+
+class AudioEncoder:
+    """Opus at 48 kHz mono, once for every viewer of a session whatever its picture layout."""
+
+    def __init__(self, fmt: StreamFormat) -> None:
+        self.fmt = fmt
+        self.codec = _opus()
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
+
+    def encode(self, chunk: AudioChunk, index: int) -> list[tuple[float, av.Packet]]:
+        """The Opus packets of the audio under frame ``index``, each with its offset from the frame's air time
+        (seconds), so that it is sent when it plays rather than in a burst."""
         if len(chunk.samples) == 0:
             return []
         pcm = (np.clip(chunk.samples, -1.0, 1.0) * 32767).astype(np.int16)[None, :]
@@ -77,7 +117,7 @@ class StreamEncoder:
         frame_start = index / float(self.fmt.fps)
         packets = []
         for resampled in self._resampler.resample(frame):
-            for packet in self.audio.encode(resampled):
+            for packet in self.codec.encode(resampled):
                 packet.time_base = Fraction(1, OPUS_RATE)
                 offset = max(0.0, float(packet.pts * packet.time_base) - frame_start) if packet.pts is not None else 0.0
                 packets.append((offset, packet))

@@ -1,12 +1,15 @@
 """The ``webrtc`` output of a studio-server session: its audio and video to any number of WHEP viewers.
 
 The playout thread only hands over a reference to each frame, and only while someone watches. A thread of its own
-encodes it once (:class:`~.encoding.StreamEncoder`); the packets go to every viewer on the server's event loop,
-video at once and each 20 ms Opus packet at the moment it plays, so both tracks leave on the session's clock and
-aiortc's RTCP sender reports (which a browser uses for lip sync) map both to the same wall clock.
+encodes it once per picture layout watched (:class:`~.encoding.VideoEncoder`, :class:`~.encoding.AudioEncoder`);
+the packets go to every viewer on the server's event loop, video at once and each 20 ms Opus packet at the moment
+it plays, so both tracks leave on the session's clock and aiortc's RTCP sender reports (which a browser uses for
+lip sync) map both to the same wall clock.
 
-What a viewer costs: nothing for encoding (one VP8 and one Opus encoder per session, however many watch); per
-viewer, RTP packetisation, SRTP encryption and the network: about 1.5 Mbit/s at the default bit rate.
+What a viewer costs: nothing for encoding (one VP8 encoder per picture layout watched and one Opus encoder per
+session, however many watch); per viewer, RTP packetisation, SRTP encryption and the network: about 1.5 Mbit/s at
+the default bit rate. The overlay's layout (alpha packed beside the colour) is a second VP8 stream of twice the
+width, encoded only while an overlay watches.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import av
+
 from anchorcast.media import AudioChunk, Image, StreamFormat, VideoFrame
-from anchorcast_plugins.outputs.webrtc.encoding import Encoded, StreamEncoder
+from anchorcast_plugins.outputs.webrtc.encoding import AudioEncoder, Layout, VideoEncoder
 from anchorcast_plugins.outputs.webrtc.viewers import Viewer
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ class WebRtcOutput:
         self.dropped_frames = 0
         self._fmt: StreamFormat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.matte_source: Callable[[], Image | None] = lambda: None
+        """Where the overlay's alpha comes from: the session sets it to its engine's ``matte``."""
         self._frames: queue.Queue[tuple[Image, int, AudioChunk, float] | None] = queue.Queue(ENCODE_BACKLOG)
         self._keyframe = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,15 +112,15 @@ class WebRtcOutput:
 
     # --- viewers (the server's event loop) ------------------------------------------------------------------
 
-    async def add_viewer(self, offer_sdp: str) -> tuple[Viewer, str]:
-        """A new viewer from its SDP offer; returns it with the SDP answer. :class:`TooManyViewers` at the limit,
-        ValueError for an offer that cannot be answered."""
+    async def add_viewer(self, offer_sdp: str, layout: Layout | None = None) -> tuple[Viewer, str]:
+        """A new viewer from its SDP offer, watching ``layout`` (default: the plain frame); returns it with the SDP
+        answer. :class:`TooManyViewers` at the limit, ValueError for an offer that cannot be answered."""
         if self._closed:
             raise ValueError("the session is ending")
         if len(self.viewers) >= self.max_viewers:
             raise TooManyViewers(f"this session already has {self.max_viewers} viewers (the most it takes)")
         self._loop = asyncio.get_running_loop()
-        viewer = Viewer(self.ice_servers, self._forget, self._keyframe.set)
+        viewer = Viewer(self.ice_servers, self._forget, self._keyframe.set, layout or Layout())
         try:
             answer = await viewer.answer(offer_sdp)
         except Exception:
@@ -143,41 +151,56 @@ class WebRtcOutput:
 
     def _encode_loop(self) -> None:
         assert self._fmt is not None
-        encoder: StreamEncoder | None = None
+        audio_encoder: AudioEncoder | None = None
+        encoders: dict[Layout, VideoEncoder] = {}
         while True:
             item = self._frames.get()
             if item is None:
                 return
             image, index, audio, air = item
-            if not self.viewers:
-                encoder = None  # the next first viewer starts a fresh stream
+            layouts = {viewer.layout for viewer in list(self.viewers.values())}
+            for gone in set(encoders) - layouts:
+                del encoders[gone]  # the next viewer of that layout starts a fresh stream
+            if not layouts:
+                audio_encoder = None
                 continue
-            if encoder is None or (encoder.width, encoder.height) != (image.shape[1], image.shape[0]):
-                encoder = StreamEncoder(self._fmt, self.bitrate, image.shape[1], image.shape[0])
             keyframe = self._keyframe.is_set()
             self._keyframe.clear()
+            matte = self.matte_source() if any(layout.alpha for layout in layouts) else None
+            video: dict[Layout, tuple[list[av.Packet], bool]] = {}
             try:
-                encoded = encoder.encode(image, index, audio, keyframe)
+                for layout in layouts:
+                    picture = layout.picture(image, matte)
+                    encoder = encoders.get(layout)
+                    if encoder is None or (encoder.width, encoder.height) != (picture.shape[1], picture.shape[0]):
+                        encoder = encoders[layout] = VideoEncoder(self._fmt, self.bitrate, picture.shape[1],
+                                                                  picture.shape[0])
+                    video[layout] = encoder.encode(picture, index, keyframe)
+                audio_encoder = audio_encoder or AudioEncoder(self._fmt)
+                sound = audio_encoder.encode(audio, index)
             except Exception:
-                log.exception("webrtc: encoding frame %d failed; starting a new stream", index)
-                encoder = None
+                log.exception("webrtc: encoding frame %d failed; starting new streams", index)
+                encoders, audio_encoder = {}, None
                 continue
             self.encoded_frames += 1
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._distribute, encoded, air)
+                    loop.call_soon_threadsafe(self._distribute, video, sound, air)
                 except RuntimeError:  # the loop closed meanwhile
                     return
 
-    def _distribute(self, encoded: Encoded, air: float) -> None:
+    def _distribute(self, video: dict[Layout, tuple[list[av.Packet], bool]], audio: list[tuple[float, av.Packet]],
+                    air: float) -> None:
         assert self._loop is not None
         viewers = list(self.viewers.values())
-        for packet in encoded.video:
-            for viewer in viewers:
-                viewer.offer("video", packet, encoded.keyframe)
+        for layout, (packets, keyframe) in video.items():
+            watching = [viewer for viewer in viewers if viewer.layout == layout]
+            for packet in packets:
+                for viewer in watching:
+                    viewer.offer("video", packet, keyframe)
         now = self._loop.time()
-        for offset, packet in encoded.audio:
+        for offset, packet in audio:
             when = air + offset
             if when <= now + 0.002:
                 self._send_audio(packet)

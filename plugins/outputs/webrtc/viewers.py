@@ -19,6 +19,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from anchorcast_plugins.outputs.webrtc.encoding import Layout
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
@@ -105,8 +107,9 @@ class Viewer:
     """A browser (or any WHEP client) watching one session."""
 
     def __init__(self, ice_servers: list[str], on_closed: Callable[[Viewer], None],
-                 on_keyframe_wanted: Callable[[], None]) -> None:
+                 on_keyframe_wanted: Callable[[], None], layout: Layout) -> None:
         self.id = secrets.token_hex(8)
+        self.layout = layout
         self.created = time.monotonic()
         self.pc = RTCPeerConnection(configuration(ice_servers))
         self.video = PacketTrack("video", VIDEO_BACKLOG)
@@ -179,6 +182,6 @@ class Viewer:
             self._on_closed(self)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "seconds": round(time.monotonic() - self.created, 1),
+        return {"id": self.id, "state": self.state, "layout": self.layout.name, "seconds": round(time.monotonic() - self.created, 1),
                 "video_packets": self.video.sent, "audio_packets": self.audio.sent,
                 "dropped_packets": self.video.dropped + self.audio.dropped}
