@@ -40,6 +40,8 @@ class Host:
         self.last_report: dict[str, Any] = {}
         self.event_failures = 0
         self.session: str | None = None
+        self.overlay: dict[str, Any] | None = None
+        """A studio-server session's overlay page: ``{"url", "width", "height"}``."""
 
     @classmethod
     def create(

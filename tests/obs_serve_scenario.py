@@ -3,8 +3,10 @@ interface), as tests/test_server_obs.py does:
 
     unshare --net --pid --fork --kill-child --mount-proc bash -c "ip link set lo up && python -m tests.obs_serve_scenario OUT.json"
 
-A session whose profile has an ``obs`` output is cued over the API; the scenario records how long OBS took to
-show the cued scene and the lower third, and what OBS shows after the session is deleted.
+A session whose profile has an ``obs`` output (with ``browser_source = true``) is cued over the API; the scenario
+records the overlay address and what OBS made of it (a Browser Source showing it where OBS has that kind of source;
+Debian's build has none, and the server says so), how long OBS took to show the cued scene and the lower third,
+and what OBS shows after the session is deleted.
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ use = "obs"
 port = {obs.port}
 password_env = "{PASSWORD_ENV}"
 required = true
+browser_source = true
 """
         server = StudioServer(work / "studio", "--no-session", profiles={"obs": profile}, env={PASSWORD_ENV: PASSWORD})
         with server, server.client() as client:
             session = client.create_session("obs")
             time.sleep(1.0)
+            overlay = client._http.get(f"/v1/sessions/{session}/overlay").json()
+            result["overlay_url"] = overlay["url"]
+            result["overlay_page_status"] = client._http.get(overlay["path"]).status_code
+            kinds = observer.req("GetInputKindList", {"unversioned": True}).get("inputKinds", [])
+            result["obs_has_browser_source"] = "browser_source" in kinds
+            if result["obs_has_browser_source"]:
+                shown = observer.req("GetInputSettings", {"inputName": "anchorcast overlay"})["inputSettings"]
+                result["browser_source_url"] = shown.get("url")
+            result["scene_items"] = observer.scene_items("anchorcast")
+            result["server_log"] = " ".join(line.strip() for line in server.lines)  # Rich wraps long lines
             result["scene_before"] = observer.program()
             sent = time.monotonic()
             client.cue(session, scene="Weather", lower_third="Anna Anchor, weather desk")

@@ -66,8 +66,19 @@ def test_switch_on_speech_accepts_only_started_and_ended() -> None:
     assert output.settings.switch_on_speech == {"started": "anchor", "ended": "wide"}
     with pytest.raises(InputError, match=r"switch_on_speech\.begin: unknown key"):
         _build(host, switch_on_speech={"begin": "anchor"})
-    with pytest.raises(InputError, match="four different names"):
+    with pytest.raises(InputError, match="five different names"):
         _build(host, caption_source="same", lower_third_source="same")
+
+
+def test_a_browser_source_needs_the_studio_servers_overlay_address(caplog: pytest.LogCaptureFixture) -> None:
+    host = _host()
+    assert _build(host, browser_source=True).settings.browser_source is False  # `anchorcast run`: no server
+    assert "anchorcast serve" in caplog.text and "no Browser Source is added" in caplog.text
+    host.overlay = {"url": "http://127.0.0.1:8800/overlay/main?watch=k", "width": 640, "height": 360}
+    output = _build(host, browser_source=True)
+    assert output.settings.overlay_url == host.overlay["url"]
+    assert (output.settings.overlay_width, output.settings.overlay_height) == (640, 360)
+    assert _build(host).settings.browser_source is False  # the address alone adds nothing
 
 
 def _state(**settings: Any) -> tuple[AnchorState, ObsSettings]:
@@ -287,3 +298,48 @@ def test_obs_figures_are_reported(scenario: dict[str, Any]) -> None:
     }
     print("obs figures:", json.dumps(figures, indent=1))
     assert figures["open_connect_and_setup_ms"] is not None
+
+
+class _ObsWithBrowserSource:
+    """Answers obs-websocket requests as an OBS that has the Browser Source (Debian's build, which the OBS tests
+    run, has none), recording what was asked: the requests the obs output makes are its real code path."""
+
+    def __init__(self, existing: dict[str, str]) -> None:
+        self.inputs = dict(existing)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def request(self, kind: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.calls.append((kind, data or {}))
+        answers: dict[str, Any] = {
+            "GetVideoSettings": {"baseWidth": 1920, "baseHeight": 1080},
+            "GetSceneList": {"scenes": [{"sceneName": "anchorcast"}]},
+            "GetInputList": {"inputs": [{"inputName": n, "inputKind": k} for n, k in self.inputs.items()]},
+            "GetInputKindList": {"inputKinds": ["browser_source", "ffmpeg_source", "text_ft2_source_v2"]},
+            "CreateInput": {"sceneItemId": len(self.calls)},
+            "GetSceneItemId": {"sceneItemId": 1},
+        }
+        return answers.get(kind, {})
+
+
+def test_the_browser_source_is_created_showing_the_overlay_then_updated_not_duplicated() -> None:
+    from anchorcast_plugins.outputs.obs_session import BROWSER_KIND, ensure_anchor_scene
+
+    settings = ObsSettings(browser_source=True, overlay_url="http://studio:8800/overlay/main?watch=k",
+                           overlay_width=640, overlay_height=360)
+    obs = _ObsWithBrowserSource({})
+    ensure_anchor_scene(obs, settings)  # type: ignore[arg-type]
+    created = [data for kind, data in obs.calls if kind == "CreateInput" and data["inputKind"] == BROWSER_KIND]
+    assert len(created) == 1
+    browser = created[0]["inputSettings"]
+    assert created[0]["inputName"] == "anchorcast overlay" and created[0]["sceneName"] == "anchorcast"
+    assert browser["url"] == settings.overlay_url and (browser["width"], browser["height"]) == (640, 360)
+    assert browser["reroute_audio"] is True and "rgba(0, 0, 0, 0)" in browser["css"]
+    fit = next(data["sceneItemTransform"] for kind, data in obs.calls if kind == "SetSceneItemTransform")
+    assert (fit["boundsWidth"], fit["boundsHeight"]) == (1920, 1080)
+
+    again = _ObsWithBrowserSource({"anchorcast overlay": BROWSER_KIND})  # a later run, another address
+    moved = ObsSettings(browser_source=True, overlay_url="http://studio:8801/overlay/main?watch=k2")
+    ensure_anchor_scene(again, moved)  # type: ignore[arg-type]
+    assert not [d for kind, d in again.calls if kind == "CreateInput" and d["inputKind"] == BROWSER_KIND]
+    updates = [d for kind, d in again.calls if kind == "SetInputSettings" and d["inputName"] == "anchorcast overlay"]
+    assert updates and updates[0]["inputSettings"]["url"] == moved.overlay_url

@@ -45,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "candidates only, enough on a LAN)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser pages from this origin to call the API (repeatable; default: none)")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="the address OBS and browsers reach this server at, for the overlay addresses it "
+                        "gives (default: the listen address; http://127.0.0.1:PORT when listening on all)")
 
 
 def ice_servers(args: argparse.Namespace) -> list[str]:
@@ -86,6 +89,7 @@ def command_serve(args: argparse.Namespace, console: Console) -> int:
     from anchorcast.server.api import create_app
     from anchorcast.server.auth import TOKEN_ENV, RedactTokens, server_token, token_file
     from anchorcast.server.studio import ServerLimits, Studio, StudioConfig
+    from anchorcast.server.whep import overlay_path
 
     if args.max_sessions < 1:
         raise AnchorcastError("--max-sessions must be at least 1")
@@ -111,14 +115,21 @@ def command_serve(args: argparse.Namespace, console: Console) -> int:
     token, generated = server_token()
     sock = bind(args.host, args.port)
     try:
+        port = sock.getsockname()[1]
+        shown_host = f"[{args.host}]" if ":" in args.host else args.host
+        url = f"http://{shown_host}:{port}"
+        public = (args.public_url or (f"http://127.0.0.1:{port}" if args.host in ("0.0.0.0", "::") else url))
+
+        def overlay_for(session_id: str) -> str:
+            return public.rstrip("/") + overlay_path(token, session_id)
+
+        studio.overlay_for = overlay_for
         if not args.no_session:
             console.print(f"starting session [bold]main[/] ({escape(default_profile)}) ...", highlight=False, soft_wrap=True)
             studio.create(default_profile, {}, "main")
         app = create_app(studio, token, default_profile=default_profile, cors_origins=tuple(args.cors_origin))
-        port = sock.getsockname()[1]
-        shown_host = f"[{args.host}]" if ":" in args.host else args.host
-        url = f"http://{shown_host}:{port}"
-        _announce(console, url, token, generated, token_file(), not args.no_session)
+        _announce(console, url, token, generated, token_file(),
+                  None if args.no_session else overlay_for("main"))
         # -v shows uvicorn's access log (tokens in query strings redacted)
         level = "info" if logging.getLogger().getEffectiveLevel() <= logging.INFO else "warning"
         config = uvicorn.Config(app, log_level=level, timeout_graceful_shutdown=3, ws_ping_interval=20)
@@ -150,7 +161,7 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise _Stopped()
 
 
-def _announce(console: Console, url: str, token: str, generated: bool, path: Path, has_session: bool) -> None:
+def _announce(console: Console, url: str, token: str, generated: bool, path: Path, overlay: str | None) -> None:
     console.print(f"[bold]anchorcast studio[/] on [bold]{url}[/]  (API documentation: {url}/docs?token=...)",
                   highlight=False, soft_wrap=True)
     console.print(f"console: {url}/console  (watch and drive the sessions in a browser)", highlight=False,
@@ -161,9 +172,11 @@ def _announce(console: Console, url: str, token: str, generated: bool, path: Pat
     else:
         console.print("token: the one in ANCHORCAST_TOKEN", highlight=False, soft_wrap=True)
         token = "$ANCHORCAST_TOKEN"
-    if has_session:
+    if overlay is not None:
         console.print(f"session main is on air; watch it: {url}/v1/sessions/main/preview.mjpeg?token=...",
                       highlight=False, soft_wrap=True)
+        console.print(f"overlay for an OBS Browser Source (the anchor on a transparent background, with sound): "
+                      f"{escape(overlay)}", highlight=False, soft_wrap=True)
         body = shlex.quote('{"text": "Good evening. Here is the news."}')
         console.print("try:", highlight=False, soft_wrap=True)
         console.print(f'  curl -H "Authorization: Bearer {escape(token)}" -H "Content-Type: application/json" '

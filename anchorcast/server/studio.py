@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class Studio:
         self._sessions: dict[str, Session] = {}
         self.engines = EnginePool()
         self._starting: set[str] = set()  # ids of sessions being created
+        self.overlay_for: Callable[[str], str] | None = None
+        """A session's overlay address with its watch key: set by the server once it knows its address and token
+        (an ``obs`` output with ``browser_source = true`` puts it into OBS)."""
         self._lock = threading.Lock()
 
     # --- profiles ------------------------------------------------------------------------------------------
@@ -159,6 +163,9 @@ class Studio:
         try:
             profile, host = self.load(session_id, profile_name, assignments)
             profile.pace = "realtime"
+            if self.overlay_for is not None:
+                host.overlay = {"url": self.overlay_for(session_id), "width": profile.stream.width,
+                                "height": profile.stream.height}
             session = Session(session_id, profile, host, max_queue=limits.max_queue,
                               preview_fps=self.config.preview_fps, ice_servers=self.config.ice_servers,
                               engines=self.engines if self.config.share_engines else None)

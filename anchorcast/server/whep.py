@@ -93,6 +93,7 @@ def add_whep_routes(app: FastAPI, studio: Studio, token: str, authorized: list[A
         the watch key it carries: it can watch this session and do nothing else."""
         session = studio.get(session_id)
         path = overlay_path(token, session_id)
-        return {"url": str(request.base_url).rstrip("/") + path, "path": path,
+        url = studio.overlay_for(session_id) if studio.overlay_for else str(request.base_url).rstrip("/") + path
+        return {"url": url, "path": path,
                 "watch_key": watch_key(token, session_id),
                 "width": session.profile.stream.width, "height": session.profile.stream.height}

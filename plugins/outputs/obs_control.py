@@ -1,9 +1,10 @@
 """The ``obs`` output: drives OBS Studio over obs-websocket 5 (obsws-python) while the anchor is on air.
 
 On :meth:`ObsControl.open` it connects and ensures, idempotently, a scene for the anchor holding a media source
-that shows our stream (``media_url``, e.g. the RTMP URL the ``rtmp`` output pushes to) and text sources for
-captions and a lower third, and makes that scene the program. Then it follows the stream's events: scenes switch on
-speech started / ended and on script cues, captions follow :class:`~anchorcast.media.Caption` events (a partial ASR
+that shows our stream (``media_url``, e.g. the RTMP URL the ``rtmp`` output pushes to), text sources for captions
+and a lower third and, with ``browser_source``, a Browser Source showing a studio-server session's overlay (the
+anchor on a transparent background), and makes that scene the program. Then it follows the stream's events: scenes
+switch on speech started / ended and on script cues, captions follow :class:`~anchorcast.media.Caption` events (a partial ASR
 result replaces the line, a final one stays until the next, and the line is cleared a few seconds after speech
 ends), an interrupt clears them.
 
@@ -19,6 +20,7 @@ The connection and the scene set-up are in :mod:`.obs_session`; their names are 
 ```toml
 [outputs.obs]                      # the password comes from $OBS_WEBSOCKET_PASSWORD, never from the profile
 media_url = "rtmp://127.0.0.1:1935/live/anchor"
+# browser_source = true            # under `anchorcast serve`: a Browser Source showing the session's overlay
 lower_third = "Anna Anchor, anchorcast news"
 switch_on_speech = { started = "anchorcast", ended = "wide" }
 ```
@@ -103,6 +105,11 @@ class ObsSettings:
     switch_on_speech: dict[str, str] = field(default_factory=dict)
     cue_scenes: bool = True
     caption_hold_s: float = 4.0
+    browser_source: bool = False
+    browser_source_name: str = "anchorcast overlay"
+    overlay_url: str = ""
+    overlay_width: int = 1280
+    overlay_height: int = 720
 
     @property
     def url(self) -> str:
@@ -128,17 +135,21 @@ class ObsSettings:
                 hint="password_env names the variable that holds the password (e.g. OBS_WEBSOCKET_PASSWORD); "
                 "the password itself never goes in a profile",
             )
-        for key in ("scene", "caption_source", "lower_third_source", "media_source"):
+        sources = ("media_source", "caption_source", "lower_third_source", "browser_source_name")
+        for key in ("scene", *sources):
             if not str(settings.get(key, getattr(cls, key))).strip():
                 raise InputError(f"obs output: {key} must not be empty")
-        names = [
-            settings.get(k, getattr(cls, k)) for k in ("media_source", "caption_source", "lower_third_source")
-        ]
+        names = [settings.get(k, getattr(cls, k)) for k in sources]
         if len(set(names)) != len(names) or settings.get("scene", cls.scene) in names:
             raise InputError(
-                "obs output: scene, media_source, caption_source and lower_third_source must be four different "
-                "names (OBS source names are unique)"
+                "obs output: scene, media_source, caption_source, lower_third_source and browser_source_name "
+                "must be five different names (OBS source names are unique)"
             )
+        if settings.get("browser_source") and not settings.get("overlay_url"):
+            log.warning("obs output: browser_source = true adds the studio server's overlay to OBS; this run has "
+                        "no server, so no Browser Source is added (run the profile with `anchorcast serve`, or "
+                        "set overlay_url to a session's overlay address)")
+            settings = {**settings, "browser_source": False}
         known = {name for name in cls.__dataclass_fields__}
         return cls(
             **{k: v for k, v in settings.items() if k in known and k != "switch_on_speech"},
@@ -264,6 +275,10 @@ class ObsControl:
 
 
 def _make_output(host: Host, settings: dict[str, Any]) -> ObsControl:
+    overlay = getattr(host, "overlay", None)  # a studio-server session's: {"url", "width", "height"}
+    if settings.get("browser_source") and overlay and not settings.get("overlay_url"):
+        settings = {**settings, "overlay_url": overlay["url"], "overlay_width": overlay["width"],
+                    "overlay_height": overlay["height"]}
     return ObsControl(ObsSettings.from_settings(settings))
 
 
@@ -318,6 +333,18 @@ def anchorcast_register_outputs(host: Host, register: Any) -> None:
                 'ended = "wide" }',
             ),
             "cue_scenes": Setting(bool, True, help="a script cue names the scene to switch to"),
+            "browser_source": Setting(
+                bool,
+                False,
+                help="true: add (or update) a Browser Source in the scene showing the session's overlay, the "
+                "anchor on a transparent background with its sound (anchorcast serve gives the address)",
+            ),
+            "browser_source_name": Setting(str, "anchorcast overlay", help="the Browser Source's name"),
+            "overlay_url": Setting(
+                str,
+                "",
+                help="the overlay address for the Browser Source (empty: the studio server's session's own)",
+            ),
             "caption_hold_s": Setting(
                 float,
                 4.0,

@@ -26,6 +26,14 @@ CONNECT_TIMEOUT_S = 3.0
 
 MEDIA_KIND = "ffmpeg_source"
 TEXT_KIND = "text_ft2_source_v2"
+BROWSER_KIND = "browser_source"
+NO_BROWSER_SOURCE = (
+    "this OBS has no Browser Source (builds without CEF leave it out, Debian's among them): the overlay was not "
+    "added. Install OBS from obsproject.com, Flathub or the OBS PPA, or add the overlay address as a Browser "
+    "Source by hand in an OBS that has one"
+)
+BROWSER_CSS = "body { background-color: rgba(0, 0, 0, 0); margin: 0px auto; overflow: hidden; }"
+"""OBS's own default for a Browser Source: a transparent page."""
 
 # obs-websocket 5 WebSocketCloseCode and RequestStatus values
 CLOSE_AUTHENTICATION_FAILED = 4009
@@ -216,6 +224,11 @@ def _ensure(session: ObsSession, settings: ObsSettings) -> None:
     if settings.scene not in scenes:
         session.request("CreateScene", {"sceneName": settings.scene})
     inputs = {item["inputName"]: item["inputKind"] for item in session.request("GetInputList").get("inputs", [])}
+    fill = {
+        "positionX": 0.0, "positionY": 0.0, "alignment": ALIGN_LEFT | ALIGN_TOP,
+        "boundsType": "OBS_BOUNDS_SCALE_INNER", "boundsAlignment": 0, "boundsWidth": width,
+        "boundsHeight": height,
+    }  # fmt: skip
 
     text_style = {"outline": True, "drop_shadow": False, "antialiasing": True}
     wanted: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []  # name, kind, settings, transform
@@ -225,12 +238,14 @@ def _ensure(session: ObsSession, settings: ObsSettings) -> None:
             "close_when_inactive": False, "clear_on_media_end": False, "buffering_mb": 1,
             "reconnect_delay_sec": 2, "hw_decode": False, "looping": False,
         }  # fmt: skip
-        fill = {
-            "positionX": 0.0, "positionY": 0.0, "alignment": ALIGN_LEFT | ALIGN_TOP,
-            "boundsType": "OBS_BOUNDS_SCALE_INNER", "boundsAlignment": 0, "boundsWidth": width,
-            "boundsHeight": height,
-        }  # fmt: skip
         wanted.append((settings.media_source, MEDIA_KIND, media, fill))
+    browser = browser_source_settings(settings)
+    if browser is not None:
+        kinds = session.request("GetInputKindList", {"unversioned": True}).get("inputKinds", [])
+        if BROWSER_KIND in kinds or inputs.get(settings.browser_source_name) == BROWSER_KIND:
+            wanted.append((settings.browser_source_name, BROWSER_KIND, browser, fill))
+        else:
+            log.warning("%s: %s", NO_BROWSER_SOURCE, settings.overlay_url)
     lower_third = {
         "text": settings.lower_third, **text_style,
         "font": {"face": settings.font, "size": max(12, round(height / 13)), "style": "Regular", "flags": 0},
@@ -260,13 +275,11 @@ def _ensure(session: ObsSession, settings: ObsSettings) -> None:
                 f"OBS already has a source named {name!r} of kind {existing!r}; captions need a text source",
                 hint="rename that source in OBS, or set caption_source / lower_third_source to another name",
             )
-        if existing == MEDIA_KIND and kind == MEDIA_KIND:
-            session.request("SetInputSettings", {
-                "inputName": name, "inputSettings": {"is_local_file": False, "input": settings.media_url},
-                "overlay": True,
-            })  # fmt: skip
-        elif kind == MEDIA_KIND:
-            log.info("OBS source %r is a %s, not a media source: left as it is", name, existing)
+        if existing == kind and kind in (MEDIA_KIND, BROWSER_KIND):
+            update = {"is_local_file": False, "input": settings.media_url} if kind == MEDIA_KIND else input_settings
+            session.request("SetInputSettings", {"inputName": name, "inputSettings": update, "overlay": True})
+        elif kind in (MEDIA_KIND, BROWSER_KIND):
+            log.info("OBS source %r is a %s, not a %s: left as it is", name, existing, kind)
         try:
             session.request("GetSceneItemId", {"sceneName": settings.scene, "sourceName": name})
         except ObsRequestError as error:
@@ -287,6 +300,18 @@ def _ensure(session: ObsSession, settings: ObsSettings) -> None:
             "OBS has no scene named %s (switch_on_speech): switches to it are skipped",
             ", ".join(repr(s) for s in sorted(missing)),
         )
+
+
+def browser_source_settings(settings: ObsSettings) -> dict[str, Any] | None:
+    """What the Browser Source showing the overlay is set to (obs-browser's keys), or None when the profile
+    does not ask for one. Its audio is controlled in OBS, like any source's."""
+    if not settings.browser_source:
+        return None
+    return {
+        "is_local_file": False, "url": settings.overlay_url, "width": settings.overlay_width,
+        "height": settings.overlay_height, "css": BROWSER_CSS, "reroute_audio": True, "shutdown": False,
+        "restart_when_active": False, "fps_custom": False,
+    }  # fmt: skip
 
 
 def _place(session: ObsSession, scene: str, item: int, transform: dict[str, Any]) -> None:
