@@ -96,32 +96,81 @@ class VideoEncoder:
         return packets, got_key
 
 
+MAX_GAP_S = 5.0
+"""A longer gap in the audio (a stalled session) starts a new Opus stream instead of being filled."""
+
+
 class AudioEncoder:
-    """Opus at 48 kHz mono, once for every viewer of a session whatever its picture layout."""
+    """Opus at 48 kHz mono, once for every viewer of a session whatever its picture layout.
+
+    The Opus stream's timestamps count samples fed, so the audio it carries must be contiguous: a gap (a frame
+    dropped before encoding, a frame without audio) is filled with silence, or the audio would run ahead of the
+    video by the gap and every browser, which syncs the video to the audio, would hold the picture back that much
+    longer from then on."""
 
     def __init__(self, fmt: StreamFormat) -> None:
         self.fmt = fmt
+        self.filled_s = 0.0
+        """Seconds of silence filled into gaps so far."""
+        self._next: int | None = None  # the next sample expected, in the chunks' sample rate
+        self._start()
+
+    def _start(self) -> None:
         self.codec = _opus()
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
+        self._aligned = False
+        self._next = None
 
-    def encode(self, chunk: AudioChunk, index: int) -> list[tuple[float, av.Packet]]:
-        """The Opus packets of the audio under frame ``index``, each with its offset from the frame's air time
-        (seconds), so that it is sent when it plays rather than in a burst."""
-        if len(chunk.samples) == 0:
+    def encode(self, chunk: AudioChunk) -> list[tuple[float, av.Packet]]:
+        """The Opus packets of the audio under a frame, each with its offset from the frame's air time
+        (seconds): the frame's own packets leave one every 20 ms as they play; those of a filled gap at once."""
+        samples = chunk.samples
+        if len(samples) == 0:
             return []
-        pcm = (np.clip(chunk.samples, -1.0, 1.0) * 32767).astype(np.int16)[None, :]
+        rate, start = chunk.sample_rate, chunk.start
+        if self._next is not None and start != self._next:
+            gap = start - self._next
+            if gap < 0:  # overlaps what was sent: send only the rest
+                samples = samples[-gap:]
+                start = self._next
+            elif gap > MAX_GAP_S * rate:
+                self._start()
+            else:
+                samples = np.concatenate([np.zeros(gap, np.float32), samples])
+                start = self._next
+                self.filled_s += gap / rate
+        if len(samples) == 0:
+            return []
+        self._next = start + len(samples)
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)[None, :]
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = chunk.sample_rate
-        frame.pts = chunk.start
-        frame.time_base = Fraction(1, chunk.sample_rate)
-        frame_start = index / float(self.fmt.fps)
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        encoded = [packet for resampled in self._resampler.resample(frame) for packet in self._encode(resampled)]
+        own = round(len(chunk.samples) / rate / OPUS_FRAME_S)  # this frame's share; the rest fill a gap
         packets = []
-        for resampled in self._resampler.resample(frame):
-            for packet in self.codec.encode(resampled):
-                packet.time_base = Fraction(1, OPUS_RATE)
-                offset = max(0.0, float(packet.pts * packet.time_base) - frame_start) if packet.pts is not None else 0.0
-                packets.append((offset, packet))
+        for k, packet in enumerate(encoded):
+            packet.time_base = Fraction(1, OPUS_RATE)
+            packets.append((max(0, k - (len(encoded) - own)) * OPUS_FRAME_S, packet))
         return packets
+
+    def _encode(self, frame: av.AudioFrame) -> list[av.Packet]:
+        """Opus packets for ``frame``. The resampler's filter delay leaves the first output a few samples short
+        of a whole frame's audio; without the silence padded in front here, the encoder would hold the last 17.5
+        ms of every frame's audio until the next frame (two packets sent at once every 40 ms: 20 ms of jitter,
+        which the browser's jitter buffer, and the video synced to it, pay for)."""
+        if not self._aligned:
+            self._aligned = True
+            pad = -frame.samples % round(OPUS_RATE * OPUS_FRAME_S)
+            if pad:
+                silence = av.AudioFrame.from_ndarray(np.zeros((1, pad), np.int16), format="s16", layout="mono")
+                silence.sample_rate = OPUS_RATE
+                silence.time_base = frame.time_base
+                silence.pts = None if frame.pts is None else frame.pts - round(pad / OPUS_RATE / frame.time_base)
+                first = list(self.codec.encode(silence))
+                return first + list(self.codec.encode(frame))
+        return list(self.codec.encode(frame))
 
 
 def _vp8(width: int, height: int, fmt: StreamFormat, bitrate: int) -> av.VideoCodecContext:

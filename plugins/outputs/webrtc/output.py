@@ -1,10 +1,10 @@
 """The ``webrtc`` output of a studio-server session: its audio and video to any number of WHEP viewers.
 
-The playout thread only hands over a reference to each frame, and only while someone watches. A thread of its own
-encodes it once per picture layout watched (:class:`~.encoding.VideoEncoder`, :class:`~.encoding.AudioEncoder`);
-the packets go to every viewer on the server's event loop, video at once and each 20 ms Opus packet at the moment
-it plays, so both tracks leave on the session's clock and aiortc's RTCP sender reports (which a browser uses for
-lip sync) map both to the same wall clock.
+Only while someone watches: the playout thread encodes each frame's sound itself (Opus, :class:`~.encoding.
+AudioEncoder`, cheap) and hands over a reference to its picture, which a thread of its own encodes once per
+picture layout watched (:class:`~.encoding.VideoEncoder`). The packets go to every viewer on the server's event
+loop, video when encoded and each 20 ms Opus packet at the moment it plays, so both tracks leave on the session's
+clock and aiortc's RTCP sender reports (which a browser uses for lip sync) map both to the same wall clock.
 
 What a viewer costs: nothing for encoding (one VP8 encoder per picture layout watched and one Opus encoder per
 session, however many watch); per viewer, RTP packetisation, SRTP encryption and the network: about 1.5 Mbit/s at
@@ -15,6 +15,7 @@ width, encoded only while an overlay watches.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import queue
@@ -54,11 +55,14 @@ class WebRtcOutput:
         self.viewers: dict[str, Viewer] = {}
         self.encoded_frames = 0
         self.dropped_frames = 0
+        self.audio_filled_s = 0.0
+        self._audio_late: collections.deque[float] = collections.deque(maxlen=500)  # seconds, recent packets
         self._fmt: StreamFormat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.matte_source: Callable[[], Image | None] = lambda: None
         """Where the overlay's alpha comes from: the session sets it to its engine's ``matte``."""
-        self._frames: queue.Queue[tuple[Image, int, AudioChunk, float] | None] = queue.Queue(ENCODE_BACKLOG)
+        self._frames: queue.Queue[tuple[Image, int] | None] = queue.Queue(ENCODE_BACKLOG)
+        self._audio_encoder: AudioEncoder | None = None  # the playout thread's
         self._keyframe = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -72,8 +76,10 @@ class WebRtcOutput:
 
     def write(self, frame: VideoFrame, audio: AudioChunk) -> None:
         if not self.viewers or self._closed:
+            self._audio_encoder = None  # the next first viewer starts a fresh stream
             return
-        item = (frame.image, frame.index, audio, time.monotonic())
+        self._send_sound_of(audio, time.monotonic())
+        item = (frame.image, frame.index)
         try:
             self._frames.put_nowait(item)
         except queue.Full:
@@ -145,24 +151,32 @@ class WebRtcOutput:
 
     def describe(self) -> dict[str, Any]:
         return {"viewers": [viewer.describe() for viewer in list(self.viewers.values())],
-                "encoded_frames": self.encoded_frames, "dropped_frames": self.dropped_frames}
+                "encoded_frames": self.encoded_frames, "dropped_frames": self.dropped_frames,
+                "audio_filled_s": round(self.audio_filled_s, 3), **self._lateness()}
+
+    def _lateness(self) -> dict[str, float | None]:
+        """How late the recent audio packets left after the moment they play (ms): the event loop's jitter,
+        which a browser's jitter buffer (and the picture synced to it) grows to absorb."""
+        late = sorted(self._audio_late)
+        if not late:
+            return {"audio_send_late_p95_ms": None, "audio_send_late_max_ms": None}
+        return {"audio_send_late_p95_ms": round(1000 * late[int(0.95 * (len(late) - 1))], 1),
+                "audio_send_late_max_ms": round(1000 * late[-1], 1)}
 
     # --- encoding (its own thread) ----------------------------------------------------------------------------
 
     def _encode_loop(self) -> None:
         assert self._fmt is not None
-        audio_encoder: AudioEncoder | None = None
         encoders: dict[Layout, VideoEncoder] = {}
         while True:
             item = self._frames.get()
             if item is None:
                 return
-            image, index, audio, air = item
+            image, index = item
             layouts = {viewer.layout for viewer in list(self.viewers.values())}
             for gone in set(encoders) - layouts:
                 del encoders[gone]  # the next viewer of that layout starts a fresh stream
             if not layouts:
-                audio_encoder = None
                 continue
             keyframe = self._keyframe.is_set()
             self._keyframe.clear()
@@ -176,37 +190,62 @@ class WebRtcOutput:
                         encoder = encoders[layout] = VideoEncoder(self._fmt, self.bitrate, picture.shape[1],
                                                                   picture.shape[0])
                     video[layout] = encoder.encode(picture, index, keyframe)
-                audio_encoder = audio_encoder or AudioEncoder(self._fmt)
-                sound = audio_encoder.encode(audio, index)
             except Exception:
                 log.exception("webrtc: encoding frame %d failed; starting new streams", index)
-                encoders, audio_encoder = {}, None
+                encoders = {}
                 continue
             self.encoded_frames += 1
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                try:
-                    loop.call_soon_threadsafe(self._distribute, video, sound, air)
-                except RuntimeError:  # the loop closed meanwhile
-                    return
+            if not self._post(self._send_video, video):
+                return
 
-    def _distribute(self, video: dict[Layout, tuple[list[av.Packet], bool]], audio: list[tuple[float, av.Packet]],
-                    air: float) -> None:
-        assert self._loop is not None
+    def _send_sound_of(self, audio: AudioChunk, air: float) -> None:
+        """Encodes the frame's sound here, on the playout thread (Opus is cheap: about 0.2 ms a frame), and posts
+        it at once: its packets then leave as they play, never queued behind the pictures' encoding, which takes
+        a while when the CPU is busy (a browser grows its jitter buffer to match, and the picture synced to it)."""
+        assert self._fmt is not None
+        try:
+            encoder = self._audio_encoder = self._audio_encoder or AudioEncoder(self._fmt)
+            filled = encoder.filled_s
+            sound = encoder.encode(audio)
+            self.audio_filled_s += encoder.filled_s - filled
+        except Exception:
+            log.exception("webrtc: encoding the sound at sample %d failed; starting a new stream", audio.start)
+            self._audio_encoder = None
+            return
+        if sound:
+            self._post(self._send_sound, sound, air)
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> bool:
+        """Runs ``callback(*args)`` on the server's event loop; False once that loop has closed."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return True
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        return True
+
+    def _send_video(self, video: dict[Layout, tuple[list[av.Packet], bool]]) -> None:
         viewers = list(self.viewers.values())
         for layout, (packets, keyframe) in video.items():
             watching = [viewer for viewer in viewers if viewer.layout == layout]
             for packet in packets:
                 for viewer in watching:
                     viewer.offer("video", packet, keyframe)
+
+    def _send_sound(self, audio: list[tuple[float, av.Packet]], air: float) -> None:
+        assert self._loop is not None
         now = self._loop.time()
         for offset, packet in audio:
             when = air + offset
             if when <= now + 0.002:
-                self._send_audio(packet)
+                self._send_audio(packet, when)
             else:
-                self._loop.call_at(when, self._send_audio, packet)
+                self._loop.call_at(when, self._send_audio, packet, when)
 
-    def _send_audio(self, packet: Any) -> None:
+    def _send_audio(self, packet: Any, when: float) -> None:
+        assert self._loop is not None
+        self._audio_late.append(self._loop.time() - when)
         for viewer in list(self.viewers.values()):
             viewer.offer("audio", packet)
