@@ -13,8 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
+from anchorcast_plugins.engines.viseme.engine import bundled_avatar
 from tests.browser import browser_page
-from tests.studio_server import TOKEN, StudioServer
+from tests.servers import free_port
+from tests.studio_server import SMALL_PROFILE, TOKEN, StudioServer
 from tests.test_cli_run import mouth_motion
 
 pytestmark = pytest.mark.slow
@@ -22,11 +24,23 @@ pytestmark = pytest.mark.slow
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
+# A newsroom profile whose obs output names its scenes (OBS itself is not running: the output keeps trying).
+STUDIO_PROFILE = SMALL_PROFILE + f"""
+[outputs.obs]
+use = "obs"
+port = {free_port()}
+scene = "Desk"
+switch_on_speech = {{ ended = "Wide shot" }}
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioServer]:
-    with StudioServer(tmp_path_factory.mktemp("console"), "--no-session") as running:
+    folder = tmp_path_factory.mktemp("console")
+    with StudioServer(folder, "--no-session", profiles={"studio": STUDIO_PROFILE}) as running:
+        shutil.copy(bundled_avatar(), running.profiles / "anna.png")
         with running.client() as client:
-            client.create_session("small", {"engine.idle_motion": "off"}, session_id="studio-a")
+            client.create_session("studio", {"engine.idle_motion": "off"}, session_id="studio-a")
         yield running
 
 
@@ -88,7 +102,45 @@ def test_the_console_signs_in_plays_the_session_and_speaks_typed_text(server: St
         assert after["framesDecoded"] > stats["framesDecoded"] and after["audioSamples"] > stats["audioSamples"]
         assert int(page.inner_text("#f-viewers")) == 1
 
+        # the profile's scenes are cue buttons; a click cues that scene
+        page.wait_for_selector("#scenes button.scene")
+        assert page.locator("#scenes button.scene").all_inner_texts() == ["Desk", "Wide shot"]
+        with page.expect_request("**/v1/sessions/studio-a/cue") as cue:
+            page.click("#scenes button.scene >> text=Wide shot")
+        assert cue.value.post_data_json == {"scene": "Wide shot"}
+        page.wait_for_selector("#events li.cue", timeout=10000)
+        assert page.locator("#overlay-link").get_attribute("href").startswith(f"{server.url}/overlay/studio-a?watch=")
+
         shot = tmp_path / "console.png"
         page.screenshot(path=str(shot))
         if os.environ.get("ANCHORCAST_SCREENSHOTS"):
             shutil.copy(shot, DOCS / "console.png")
+
+
+def test_the_console_offers_the_voices_profiles_and_avatars_to_choose_from(server: StudioServer) -> None:
+    with browser_page() as page:
+        page.goto(f"{server.url}/console?token={TOKEN}")
+        page.wait_for_selector("#studio", state="visible")
+        voices = page.locator("#say-voice option").evaluate_all("options => options.map(o => o.value)")
+        assert voices[0] == "" and {"espeak", "piper", "espeak:cmn"} <= set(voices)
+        with page.expect_request("**/v1/sessions/studio-a/say") as said:
+            page.select_option("#say-voice", "espeak:cmn")
+            page.fill("#say-text", "Good evening.")
+            page.press("#say-text", "Enter")
+        assert said.value.post_data_json == {"text": "Good evening.", "voice": "espeak:cmn"}
+
+        profiles = page.locator("#new-profile option").evaluate_all("options => options.map(o => o.value)")
+        assert {"small", "studio", "default"} <= set(profiles)
+        avatars = page.locator("#new-avatar option").all_inner_texts()
+        assert avatars[1:] == ["anna.png"]
+        page.select_option("#new-profile", "small")
+        page.select_option("#new-avatar", label="anna.png")
+        with page.expect_response("**/v1/sessions") as created:
+            page.click("#new-session button")
+        assert created.value.status == 201, created.value.text()
+        assert created.value.request.post_data_json == {
+            "profile": "small", "set": {"engine.avatar": str(server.profiles / "anna.png")}}
+        new_id = created.value.json()["id"]
+        page.wait_for_selector(f"#sessions li.chosen[data-id='{new_id}']", timeout=30000)
+        with server.client() as client:
+            client.delete_session(new_id)

@@ -28,6 +28,7 @@ from anchorcast import __version__
 from anchorcast.errors import AnchorcastError, ProfileError
 from anchorcast.server import docs
 from anchorcast.server.auth import COOKIE, bearer, token_matches
+from anchorcast.server.choices import add_choice_routes
 from anchorcast.server.control import QueueFull
 from anchorcast.server.fanout import Ended, Lagged, Subscription
 from anchorcast.server.models import Created, CreateSession, CueRequest, Interrupted, Queued, Say
@@ -210,6 +211,7 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
         return {"queued": True}
 
     add_whep_routes(app, studio, token, authorized, read_body)
+    add_choice_routes(app, studio, authorized, default_profile)
 
     @app.get("/v1/sessions/{session_id}/preview.mjpeg", dependencies=authorized, tags=["watch"])
     async def preview(session_id: str) -> StreamingResponse:

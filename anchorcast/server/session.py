@@ -19,6 +19,7 @@ from anchorcast.host import Host
 from anchorcast.media import Cue, Event, FloatAudio, Interrupt, UtteranceEnded, UtteranceStarted
 from anchorcast.profile import Profile
 from anchorcast.scheduler import Scheduler
+from anchorcast.server.choices import profile_scenes
 from anchorcast.server.control import ControlSource, QueueFull, Utterance
 from anchorcast.server.engines import EnginePool
 from anchorcast.server.fanout import Fanout
@@ -296,6 +297,7 @@ class Session:
             "stream": {"width": self.profile.stream.width, "height": self.profile.stream.height,
                        "fps": float(self.profile.stream.fps), "sample_rate": self.profile.stream.sample_rate},
             "engine": self.profile.engine.use,
+            "scenes": profile_scenes(self.profile),
             "queue": [u.summary() for u in self.pending()],
             "outputs": outputs,
             "webrtc": self.webrtc.describe(),

@@ -78,6 +78,7 @@ class Studio:
         self._sessions: dict[str, Session] = {}
         self.engines = EnginePool()
         self._starting: set[str] = set()  # ids of sessions being created
+        self._voice_names: list[str] | None = None
         self.overlay_for: Callable[[str], str] | None = None
         """A session's overlay address with its watch key: set by the server once it knows its address and token
         (an ``obs`` output with ``browser_source = true`` puts it into OBS)."""
@@ -90,6 +91,12 @@ class Studio:
         if self.profiles_dir and self.profiles_dir.is_dir():
             names |= {p.stem for p in self.profiles_dir.glob("*.toml")}
         return sorted(names)
+
+    def voice_names(self) -> list[str]:
+        """The voice plugins a session may use (those a profile without a ``[plugins]`` table may load)."""
+        if self._voice_names is None:
+            self._voice_names = Host.for_profile(None, {}).plugins.names("voice")
+        return self._voice_names
 
     def find_profile(self, name: str) -> Path:
         """A bundled profile or one in the profile folder, by name: never an arbitrary path."""

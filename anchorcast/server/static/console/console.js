@@ -52,7 +52,55 @@ async function signIn(token) {
   $("login").hidden = true;
   $("studio").hidden = false;
   setStatus("signed in", "good");
+  await loadChoices();
   await refreshSessions();
+}
+
+// --- what to choose from --------------------------------------------------------------------------------------
+
+function fill(select, items) {
+  select.replaceChildren(...items.map(([value, label]) => {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = label;
+    return option;
+  }));
+}
+
+async function loadChoices() {
+  const choices = await api("/v1/choices");
+  app.choices = choices;
+  fill($("say-voice"), choices.voices.map((v) => [v.spec, v.label]));
+  fill($("new-profile"), choices.profiles.map((p) => [p, p === choices.default_profile ? `${p} (default)` : p]));
+  $("new-profile").value = choices.default_profile;
+  fill($("new-avatar"), choices.avatars.map((a, i) => [String(i), a.name]));
+}
+
+function showScenes(scenes) {
+  const key = scenes.join("\n");
+  if ($("scenes").dataset.key === key) return;
+  $("scenes").dataset.key = key;
+  $("scenes").replaceChildren(...scenes.map((scene) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "scene";
+    button.textContent = scene;
+    button.title = `cue the OBS scene "${scene}"`;
+    button.onclick = () => api(`/v1/sessions/${app.session}/cue`, { method: "POST", json: { scene } })
+      .catch((error) => logEvent({ type: "refused", time: Date.now() / 1000, text: error.message }));
+    return button;
+  }));
+}
+
+async function showOverlay(id) {
+  try {
+    const overlay = await api(`/v1/sessions/${id}/overlay`);
+    $("overlay-link").href = overlay.url;
+    $("overlay-link").textContent = overlay.url.replace(/watch=.*/, "watch=...");
+    $("overlay").hidden = false;
+  } catch (_) {
+    $("overlay").hidden = true;
+  }
 }
 
 // --- sessions ---------------------------------------------------------------------------------------------
@@ -93,6 +141,7 @@ async function chooseSession(id) {
   $("video-note").textContent = "connecting...";
   $("video-note").hidden = false;
   watchEvents(id);
+  showOverlay(id);
   app.poll = setInterval(() => showFigures(id), 1000);
   showFigures(id);
   try {
@@ -132,7 +181,7 @@ function watchEvents(id) {
 function logEvent(event) {
   const item = document.createElement("li");
   const when = new Date(event.time * 1000).toLocaleTimeString();
-  const detail = event.text || event.state || event.detail || event.scene || event.utterance || "";
+  const detail = event.text || event.state || event.detail || event.name || event.scene || event.utterance || "";
   item.className = `ev ${event.type}`;
   item.innerHTML = "<time></time> <b></b> <span></span>";
   item.querySelector("time").textContent = when;
@@ -158,7 +207,9 @@ async function showFigures(id) {
   $("f-fps").textContent = m.fps ? m.fps.toFixed(1) : "-";
   $("f-overruns").textContent = m.overruns;
   $("f-latency").textContent = `${ms(m.latency_p50_ms)} / ${ms(m.latency_p95_ms)}`;
+  $("f-say").textContent = `${ms(m.say_to_air_p50_ms)} / ${ms(m.say_to_air_p95_ms)}`;
   $("f-viewers").textContent = detail.webrtc ? detail.webrtc.viewers.length : "-";
+  showScenes(detail.scenes || []);
   const lines = detail.queue.map((u) => (u.state === "speaking" ? "on air: " : "next: ") + (u.text || "audio"));
   $("queue").textContent = lines.join("  |  ");
   app.history.push([m.latency_p50_ms || 0, m.latency_p95_ms || 0]);
@@ -218,15 +269,17 @@ $("cue-form").onsubmit = async (e) => {
 };
 $("new-session").onsubmit = async (e) => {
   e.preventDefault();
-  const profile = $("new-profile").value.trim() || undefined;
+  const avatar = app.choices?.avatars[Number($("new-avatar").value)];
+  const body = { profile: $("new-profile").value || undefined, set: avatar ? avatar.set : {} };
   try {
-    const created = await api("/v1/sessions", { method: "POST", json: profile ? { profile } : {} });
+    const created = await api("/v1/sessions", { method: "POST", json: body });
     await refreshSessions();
     await chooseSession(created.id);
   } catch (error) {
     logEvent({ type: "refused", time: Date.now() / 1000, text: error.message });
   }
 };
+$("overlay-copy").onclick = () => navigator.clipboard?.writeText($("overlay-link").href);
 $("sound").onclick = () => { $("video").muted = false; $("sound").hidden = true; };
 setInterval(() => app.token && refreshSessions().catch(() => {}), 3000);
 
