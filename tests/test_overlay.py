@@ -98,3 +98,23 @@ def test_a_wrong_watch_key_gets_a_clear_message_and_cannot_drive_the_session(ser
     response = httpx.post(f"{server.url}/v1/sessions/studio-b/whep", content=b"v=0",
                           headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"})
     assert response.status_code == 401  # nor another session
+
+
+def test_the_overlay_waits_for_its_session_and_comes_back_when_it_is_on_air_again(server: StudioServer) -> None:
+    """An OBS Browser Source stays in the scene for good: a session that ends and starts again (same id, same
+    watch key) plays in it again without anyone touching OBS."""
+    with server.client() as client:
+        client.create_session("small", {"engine.idle_motion": "off"}, session_id="studio-b")
+        address = overlay_address(server, "studio-b")
+        with browser_page(WIDTH, HEIGHT) as page:
+            page.goto(server.url + address["path"])
+            wait_for(page, "window.anchorcast.overlay.state.connected && window.anchorcast.overlay.state.frames > 10")
+            client.delete_session("studio-b")
+            page.wait_for_selector("#problem", state="visible", timeout=40000)
+            assert "studio-b" in page.inner_text("#problem")
+            client.create_session("small", {"engine.idle_motion": "off"}, session_id="studio-b")
+            before = page.evaluate("window.anchorcast.overlay.state.frames")
+            wait_for(page, f"window.anchorcast.overlay.state.connected && "
+                           f"window.anchorcast.overlay.state.frames > {before + 10}", timeout=40)
+            assert not page.locator("#problem").is_visible()
+            client.delete_session("studio-b")

@@ -123,17 +123,21 @@
       setTimeout(connect, RETRY_MS);
       return;
     }
+    const reconnect = () => {
+      if (state.viewer !== viewer) return;
+      state.viewer = null;
+      state.connected = false;
+      viewer.hangUp();
+      show(`lost session "${session}"; reconnecting...`);
+      setTimeout(connect, RETRY_MS);
+    };
     viewer.pc.addEventListener("connectionstatechange", () => {
       const now = viewer.pc ? viewer.pc.connectionState : "closed";
       state.connected = now === "connected";
       if (now === "connected") show(null);
-      if (now === "failed" || now === "closed" || now === "disconnected") {
-        if (state.viewer !== viewer) return;
-        state.viewer = null;
-        viewer.hangUp();
-        show(`lost session "${session}"; reconnecting...`);
-        setTimeout(connect, RETRY_MS);
-      }
+      if (now === "failed" || now === "closed") reconnect();
+      // "disconnected" often heals by itself (a busy network); give it a few seconds first
+      if (now === "disconnected") setTimeout(() => viewer.pc?.connectionState === "disconnected" && reconnect(), 5000);
     });
     play();
   }
