@@ -25,6 +25,8 @@ console = Console(stderr=True)
 out = Console()
 
 EXIT_INTERRUPTED = 130
+EXIT_OUTPUT_FAILED = 3
+"""The run went to its end, but an output failed on the way (its message says which and why)."""
 OPTIONAL_PARTS_HINT = (
     "optional parts are extras: pip install 'anchorcast[wav2lip]' (torch) or 'anchorcast[live]' "
     "(microphone, virtual camera, OBS, vosk); `anchorcast doctor` shows what is present"
@@ -182,8 +184,11 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     console.print(metrics_table(report))
-    for stage in profile.outputs.values():
-        if stage.use == "file":
+    failed = report.get("failed_outputs", {})
+    for label, stage in profile.outputs.items():
+        if label in failed:
+            console.print(f"[red]output {escape(label)} failed:[/] {escape(failed[label])}", highlight=False)
+        elif stage.use == "file":
             console.print(f"wrote [bold]{stage.settings['path']}[/] ({report['media_seconds']:.2f} s)", highlight=False)
     if args.metrics:
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +196,7 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
     if interrupted:
         console.print("[yellow]interrupted: the output was closed cleanly[/]")
         return EXIT_INTERRUPTED
-    return 0
+    return EXIT_OUTPUT_FAILED if failed else 0
 
 
 def _check_writable(path: Path, option: str) -> None:

@@ -218,6 +218,8 @@ class Host:
         for component in reversed(opened):
             try:
                 component.close()
+            except AnchorcastError as error:  # a problem it explains itself (a full disk): no traceback
+                log.error("%s", error)
             except Exception:  # closing the rest matters more: an output left open loses the file
                 log.exception("closing %s failed", type(component).__name__)
 

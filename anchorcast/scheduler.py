@@ -342,9 +342,10 @@ class Scheduler(Feeding, Rendering):
         self.metrics.count(f"output_failed:{name}")
         if len(self.outputs) == 1:
             raise error
-        log.error("output %s failed and was taken off the stream: %s: %s", name, type(error).__name__, error)
+        described = str(error) if isinstance(error, AnchorcastError) else f"{type(error).__name__}: {error}"
+        log.error("output %s failed and was taken off the stream: %s", name, described)
         self.outputs = [(n, o) for n, o in self.outputs if o is not output]
-        self.failed_outputs[name] = f"{type(error).__name__}: {error}"
+        self.failed_outputs[name] = described
         self.post_event(OutputState(self.clock.frame_pts(self._next_to_air), name, "failed", str(error)))
         closer = threading.Thread(target=_close_quietly, args=(name, output), name=f"anchorcast-close-{name}",
                                   daemon=True)

@@ -9,6 +9,15 @@ from pathlib import Path
 import av
 import numpy as np
 
+AAC_FRAME = 1024
+"""Samples per AAC frame. The file output's fragmented MP4 trims the encoder's priming but not the last frame's
+padding, so its audio may run up to one AAC frame (silence) past the video."""
+
+
+def audio_tail_s(sample_rate: int) -> float:
+    """How far a file's audio may run past its video: one AAC frame."""
+    return AAC_FRAME / sample_rate
+
 
 @dataclass
 class Decoded:

@@ -1,12 +1,17 @@
 """The ``file`` output: the anchor as an H.264 + AAC video file (MP4 unless the name ends in .mkv or .mov).
 
 Video timestamps are the frame indices from the host's clock and audio timestamps its sample positions, so the
-file keeps the timeline's A/V sync exactly. The file is written in place; :meth:`FileOutput.close` (which the
-host calls on every exit, Ctrl-C included) flushes both encoders and writes the index that makes it playable.
+file keeps the timeline's A/V sync exactly. MP4 and MOV are written fragmented (a fragment a second, each flushed
+to the file as it is complete), so the file plays at every moment: after a full disk, a kill -9 or a power cut it
+plays up to its last complete second. :meth:`FileOutput.close` (which the host calls on every exit, Ctrl-C
+included) flushes both encoders and the last fragment. A write that fails (a full disk, a folder removed or made
+read-only) is reported as what it is, with how much of the file plays (measured by reading it back).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +37,19 @@ CONTAINER_FORMATS = {".mkv": "matroska", ".mov": "mov"}
 """Container by file suffix; anything else is MP4."""
 
 GOP_SECONDS = 2.0
+FRAGMENT_S = 1.0
+"""MP4/MOV fragment length: what a crash can lose at most (besides the frames not yet encoded)."""
+FRAGMENTED = {
+    "movflags": "+frag_keyframe+delay_moov+default_base_moof", "frag_duration": str(round(FRAGMENT_S * 1e6)),
+    "flush_packets": "1",
+}  # fmt: skip
+
+WRITE_FAILURES = {
+    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "the disk became read-only",
+    errno.ENOENT: "the folder was removed", errno.ESTALE: "the folder was removed",
+    errno.EACCES: "permission to write was taken away", errno.EPERM: "permission to write was taken away",
+    errno.EIO: "an input/output error (a failing disk or a lost network share)",
+}  # fmt: skip
 
 AAC_MAX_BITS_PER_SAMPLE = 6
 """The AAC encoder's ceiling per channel (6144 bits per 1024-sample frame); above it ffmpeg clamps and warns."""
@@ -67,6 +85,8 @@ class FileOutput:
         self._pending_samples = 0
         self._audio_end: int | None = None
         """Timeline position just past the last sample received (buffered or encoded)."""
+        self.failure: str | None = None
+        """Why writing stopped (a full disk, ...), once it has: the file is then closed as it is."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -84,9 +104,11 @@ class FileOutput:
             raise InputError(f"output file {self.path}: AAC cannot encode audio at {fmt.sample_rate} Hz")
         if self.path.is_dir():
             raise InputError(f"output file {self.path} is a folder", hint="give a file name such as anchor.mp4")
+        container_format = CONTAINER_FORMATS.get(self.path.suffix.lower(), "mp4")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            container = av.open(str(self.path), "w", format=CONTAINER_FORMATS.get(self.path.suffix.lower(), "mp4"))
+            container = av.open(str(self.path), "w", format=container_format,
+                                options=FRAGMENTED if container_format in ("mp4", "mov") else {"flush_packets": "1"})
         except (OSError, av.FFmpegError) as error:
             raise InputError(f"output file {self.path} cannot be written: {_reason(error)}") from error
         try:
@@ -102,6 +124,7 @@ class FileOutput:
         self._last_index = None
         self._pending_audio, self._pending_samples, self._audio_end = [], 0, None
         self.frames_written = 0
+        self.failure = None
 
     def _add_streams(self, container: av.container.OutputContainer, fmt: StreamFormat) -> None:
         video = container.add_stream(
@@ -126,6 +149,8 @@ class FileOutput:
         import av
         import cv2
 
+        if self.failure is not None:
+            raise AnchorcastError(self.failure)
         if self._container is None:
             raise RuntimeError("FileOutput.write() called while the output is not open")
         started = time.perf_counter()
@@ -155,10 +180,19 @@ class FileOutput:
             self.frames_written += 1
             self._add_audio(audio)
         except (OSError, av.FFmpegError) as error:
-            raise AnchorcastError(
-                f"output file {self.path}: writing frame {frame.index} failed: {_reason(error)}"
-            ) from error
+            self.failure = self._describe_failure(error)
+            raise AnchorcastError(self.failure) from None
         self.last_write_ms = (time.perf_counter() - started) * 1000
+
+    def _describe_failure(self, error: BaseException) -> str:
+        """What stopped the writing, when, and how much of the file plays (read back from the disk now)."""
+        seconds = self.frames_written / float(self._fmt.fps)
+        what = WRITE_FAILURES.get(getattr(error, "errno", None) or 0, f"writing failed ({_reason(error)})")
+        if not self.path.exists():
+            return f"{what} writing {self.path} after {seconds:.1f} s; the file is gone with its folder"
+        plays = playable_seconds(self.path)
+        return (f"{what} writing {self.path} after {seconds:.1f} s; the file plays up to {plays:.1f} s"
+                if plays > 0 else f"{what} writing {self.path} after {seconds:.1f} s; nothing in the file plays")
 
     def close(self) -> None:
         """Flush the encoders and finish the file. Safe to call more than once, and after a failed write."""
@@ -166,6 +200,11 @@ class FileOutput:
 
         container = self._container
         if container is None:
+            return
+        if self.failure is not None:  # reported once already; the fragments on disk are what there is
+            self._container = self._video = self._audio = None
+            with contextlib.suppress(OSError, av.FFmpegError):
+                container.close()
             return
         try:
             try:
@@ -215,6 +254,9 @@ class FileOutput:
         frame_size = self._audio.codec_context.frame_size or 1024
         queued = np.concatenate(self._pending_audio)
         position = self._audio_end - len(queued)
+        # The last piece is padded to a whole AAC frame, and a fragmented MP4's edit list trims the encoder's
+        # priming but not that padding: the audio may end up to one AAC frame (64 ms at 16 kHz) of silence after
+        # the video; nothing written is left out.
         whole = len(queued) if final else len(queued) - len(queued) % frame_size
         for offset in range(0, whole, frame_size):
             block = queued[offset : offset + frame_size]
@@ -226,6 +268,39 @@ class FileOutput:
         rest = queued[whole:]
         self._pending_audio = [rest] if len(rest) else []
         self._pending_samples = len(rest)
+
+
+def playable_seconds(path: Path) -> float:
+    """How far a (possibly cut-off) video file plays: the end of the last frame that decodes. Only the packets
+    are read up to the last keyframe, and decoded from there (frames cut off from a reference they need, the
+    B-frames of a fragment whose next one is missing, do not play)."""
+    import av
+
+    keyframe: int | None = None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0.0
+            for packet in container.demux(container.streams.video[0]):
+                if packet.is_keyframe and packet.pts is not None:
+                    keyframe = packet.pts
+    except (OSError, av.FFmpegError, ValueError):
+        pass  # a cut-off fragment ends the reading: what came before it is there
+    if keyframe is None:
+        return 0.0
+    end = 0.0
+    try:
+        with av.open(str(path)) as container:
+            video = container.streams.video[0]
+            container.seek(keyframe, stream=video, backward=True, any_frame=False)
+            for frame in container.decode(video):
+                if frame.pts is not None:
+                    duration = frame.duration or (1 / video.average_rate / video.time_base if video.average_rate
+                                                  else 0)
+                    end = max(end, float((frame.pts + duration) * video.time_base))
+    except (OSError, av.FFmpegError, ValueError):
+        pass
+    return end
 
 
 def _reason(error: BaseException) -> str:
