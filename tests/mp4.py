@@ -99,3 +99,15 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, audio: np.ndarra
                     container.mux(packet)
             for packet in sound.encode():
                 container.mux(packet)
+
+
+def lag_of_best_correlation(motion: np.ndarray, rms: np.ndarray, lags: range) -> tuple[int, float]:
+    """The lag (in frames; positive: the picture late) at which per-frame mouth motion correlates best with the
+    sound's level, and the correlation at lag 0."""
+    scores = {}
+    for lag in lags:
+        a = motion[max(0, lag): len(motion) + min(0, lag)]
+        b = rms[max(0, -lag): len(rms) - max(0, lag)]
+        scores[lag] = float(np.corrcoef(a, b)[0, 1])
+    best = max(scores, key=lambda k: scores[k])
+    return best, scores[0]

@@ -297,7 +297,17 @@ def test_obs_figures_are_reported(scenario: dict[str, Any]) -> None:
         "scenario_seconds": {name: phase.get("seconds") for name, phase in phases.items()},
     }
     print("obs figures:", json.dumps(figures, indent=1))
-    assert figures["open_connect_and_setup_ms"] is not None
+    # every figure was measured, and each is a time the output's own limits bound: a connect and set-up within
+    # the connect timeout of each request, events within a second, a reconnect within the backoff's cap
+    captions = figures["caption_event_to_settings_ms"]
+    assert captions and all(0 < ms < 1000 for ms in captions), captions
+    timings_ms = {key: figures[key] for key in ("open_connect_and_setup_ms", "background_connect_after_port_ms",
+                                                "cue_event_to_program_ms", "reconnect_after_port_open_ms")}
+    assert all(isinstance(v, (int, float)) and v > 0 for v in timings_ms.values()), timings_ms
+    assert timings_ms["cue_event_to_program_ms"] < 1000
+    assert timings_ms["open_connect_and_setup_ms"] < 20 * obs_control.CONNECT_TIMEOUT_S * 1000
+    assert timings_ms["reconnect_after_port_open_ms"] < (max(obs_control.BACKOFF_S) + 5) * 1000
+    assert figures["host_run_latencies_ms"], figures
 
 
 class _ObsWithBrowserSource:

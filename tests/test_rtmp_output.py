@@ -8,6 +8,8 @@ Figures (offset, reconnect time, frames dropped) are printed; run with ``-s`` to
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import threading
@@ -404,12 +406,16 @@ def test_a_url_that_is_not_rtmp_is_refused(stream_key: str, plugin: RecordingPlu
         host.run(host.load_profile(None, raw=raw))
 
 
-def test_the_key_never_shows_in_errors(plugin: RecordingPlugin, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_key_never_shows_in_errors(plugin: RecordingPlugin, monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv(KEY_ENV, "s3cret-key")
     host = rtmp_host(plugin)
+    caplog.set_level(logging.DEBUG)  # nor in any log line, at any level
     with pytest.raises(InputError) as caught:
         host.run(host.load_profile(None, raw=beep_profile(free_port(), beeps=1, retry=False)))
     assert "s3cret" not in str(caught.value) and "s3cret" not in (caught.value.hint or "")
+    assert caplog.records and "s3cret" not in caplog.text
+    assert "s3cret" not in json.dumps(host.last_report, default=str)
 
 
 def test_resampled_audio_keeps_its_position_on_the_clock() -> None:

@@ -15,7 +15,7 @@ import pytest
 from websockets.sync.client import connect
 
 from anchorcast.client import Client
-from tests.mp4 import decode
+from tests.mp4 import decode, lag_of_best_correlation
 from tests.studio_server import TOKEN, StudioServer, syllables, wav_bytes
 from tests.test_cli_run import mouth_motion
 
@@ -77,16 +77,6 @@ class Events:
     def close(self) -> None:
         self._leave.set()
         self.closed.wait(5)
-
-
-def lag_of_best_correlation(motion: np.ndarray, rms: np.ndarray, lags: range) -> tuple[int, float]:
-    scores = {}
-    for lag in lags:
-        a = motion[max(0, lag): len(motion) + min(0, lag)]
-        b = rms[max(0, -lag): len(rms) - max(0, lag)]
-        scores[lag] = float(np.corrcoef(a, b)[0, 1])
-    best = max(scores, key=lambda k: scores[k])
-    return best, scores[0]
 
 
 def test_two_sessions_speak_at_once_into_valid_mp4s_in_sync(server: StudioServer, client: Client) -> None:

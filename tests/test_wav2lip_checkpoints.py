@@ -47,7 +47,7 @@ from anchorcast_plugins.engines.wav2lip.weights_store import (
     weights_id,
 )
 
-REFERENCE = Path("/work/shared/reference")  # the key manifests, where this checkout has them
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"  # ../shared beside the checkout
 PORTRAIT = Path(__file__).resolve().parents[1] / "plugins" / "engines" / "assets" / "astronaut.png"
 NBT = "num_batches_tracked"
 

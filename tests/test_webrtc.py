@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.mp4 import lag_of_best_correlation
 from tests.studio_server import TOKEN, StudioServer, syllables, wav_bytes
 from tests.test_cli_run import mouth_motion
-from tests.test_server import lag_of_best_correlation
 from tests.whep_viewer import WhepViewer, audio_rms_under
 
 pytestmark = pytest.mark.slow
