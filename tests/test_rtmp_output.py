@@ -442,3 +442,29 @@ def test_audio_at_the_ingest_rate_passes_through_and_gaps_become_silence() -> No
     assert position == 100 and len(samples) == 150 and not samples[:50].any() and samples[50:].all()
     samples, position = feed.convert(AudioChunk(ones, 44100, 200))  # overlaps by 50
     assert position == 250 and len(samples) == 50
+
+
+def test_reconnect_backoff_doubles_from_its_first_wait_up_to_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender's real loop against a real closed port: each failed connect waits twice as long as the last,
+    never longer than max_backoff_s, and a connect attempt follows every wait."""
+    import queue as queue_module
+
+    from anchorcast_plugins.outputs import rtmp_sender
+
+    port = free_port()
+    config = {"t": "config", "target": f"rtmp://127.0.0.1:{port}/live/k", "url": f"rtmp://127.0.0.1:{port}/live",
+              "width": 64, "height": 64, "fps": [25, 1], "audio_rate": 44100, "video_bitrate": 200_000,
+              "audio_bitrate": 64_000, "preset": "ultrafast", "retry": True, "max_backoff_s": 3.0}
+    reports: list[str] = []
+    waits: list[float] = []
+    sender = rtmp_sender._Sender(config, queue_module.Queue(), lambda kind, **_: reports.append(kind))
+
+    def wait_no_time(seconds: float) -> bool:  # the clock is not what is tested: the schedule is
+        waits.append(seconds)
+        return len(waits) < 8
+
+    monkeypatch.setattr(sender, "_discard_for", wait_no_time)
+    sender.run()
+    first = rtmp_sender.FIRST_BACKOFF_S
+    assert waits == [min(first * 2**k, 3.0) for k in range(8)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+    assert reports.count("connect_failed") == 8 and reports[-1] == "finished"
