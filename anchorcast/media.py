@@ -208,6 +208,16 @@ class OutputState(Event):
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class EngineFailed(Event):
+    """The lip engine raised: ``fallback`` (an engine's name) draws the rest of the run, or ``""`` when there is
+    none (the run then ends with the error)."""
+
+    engine: str = ""
+    fallback: str = ""
+    detail: str = ""
+
+
 _EVENT_KINDS: dict[type, str] = {
     Event: "event",
     SpeechStarted: "speech_started",
@@ -219,4 +229,5 @@ _EVENT_KINDS: dict[type, str] = {
     UtteranceStarted: "utterance_started",
     UtteranceEnded: "utterance_ended",
     OutputState: "output_state",
+    EngineFailed: "engine_failed",
 }

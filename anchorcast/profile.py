@@ -44,7 +44,8 @@ STREAM_SCHEMA: dict[str, Setting] = {
 SCHEDULER_SCHEMA: dict[str, Setting] = {
     "latency_budget_ms": Setting(float, 400.0, "audio in to frame out, live", minimum=0),
     "overrun": Setting(str, "repeat", "what replaces a late frame", choices=("repeat", "idle", "fallback")),
-    "fallback": Setting(str, "", "engine used when overrun = \"fallback\""),
+    "fallback": Setting(str, "", "engine that draws late frames when overrun = \"fallback\", and takes over for "
+                        "the rest of the run if the engine fails (e.g. \"viseme\")"),
     "pace": Setting(
         str, "auto", "realtime: paced on the wall clock; fast: as fast as possible; auto: realtime when an "
         "output is live", choices=("auto", "realtime", "fast"),
@@ -342,12 +343,11 @@ def load_profile(
             outputs[label] = found
 
     fallback: Stage | None = None
-    if scheduler.get("overrun") == "fallback":
-        name = scheduler.get("fallback") or ""
-        if not name:
-            problems.add("scheduler.fallback", 'overrun = "fallback" needs a fallback engine, e.g. "viseme"')
-        else:
-            fallback = stage("scheduler.fallback", "engine", {"use": name}, None)
+    name = scheduler.get("fallback") or ""
+    if scheduler.get("overrun") == "fallback" and not name:
+        problems.add("scheduler.fallback", 'overrun = "fallback" needs a fallback engine, e.g. "viseme"')
+    elif name:  # it draws late frames (overrun = "fallback") and takes over if the engine fails
+        fallback = stage("scheduler.fallback", "engine", {"use": name}, None)
 
     fmt: StreamFormat | None = None
     for key in ("width", "height"):

@@ -3,13 +3,14 @@ thread of its own (part of :class:`~anchorcast.scheduler.Scheduler`, which holds
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from anchorcast.components import FrameJob, LipEngine
 from anchorcast.errors import AnchorcastError
-from anchorcast.media import Image
+from anchorcast.media import EngineFailed, Event, Image
 from anchorcast.pacing import POLL_S, BatchLatency, choose_batch
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from anchorcast.pacing import SchedulerConfig
     from anchorcast.timeline import Timeline
 
+
+log = logging.getLogger(__name__)
 
 WRITE_TIME_REFRESH_S = 0.5
 """How often the outputs' typical write time, which each frame's render deadline leaves room for, is re-read."""
@@ -34,6 +37,7 @@ class Rendering:
     timeline: Timeline
     metrics: RunMetrics
     engine: LipEngine
+    fallback: LipEngine | None
     outputs: list[tuple[str, Output]]
     _latency: BatchLatency
     _stop: threading.Event
@@ -45,6 +49,9 @@ class Rendering:
     _air_start: float | None
     _write_s: tuple[float, float] = (-1e9, 0.0)  # (when measured, the outputs' p50 write time in seconds)
 
+    def post_event(self, event: Event) -> None:  # the scheduler's
+        raise NotImplementedError
+
     def _render_loop(self) -> None:
         engine = self.engine
         cap = min(engine.max_batch, self.config.max_batch or engine.max_batch)
@@ -53,6 +60,10 @@ class Rendering:
         index = 0
         generation = self._generation
         while not self._stop.is_set():
+            if self.engine is not engine:  # the fallback took over: its batch size and audio context
+                engine = self.engine
+                cap = min(engine.max_batch, self.config.max_batch or engine.max_batch)
+                lookahead = self.clock.seconds_to_samples(engine.lookahead)
             with self._frames_cond:
                 if generation != self._generation:
                     generation, index = self._generation, self._next_to_air
@@ -83,7 +94,14 @@ class Rendering:
         images: dict[int, Image] = {job.index: self.engine.idle(job.index) for job in jobs if job.speech <= 0}
         if speaking:
             started = time.perf_counter()
-            rendered = self.engine.render(speaking)
+            try:
+                rendered = self.engine.render(speaking)
+            except Exception as error:
+                if self.fallback is None or self.engine is self.fallback:
+                    raise
+                self._engine_failed(error)
+                self._render_batch(first, size, generation)  # the same frames, by the fallback
+                return
             elapsed = time.perf_counter() - started
             if len(rendered) != len(speaking):
                 raise AnchorcastError(
@@ -104,6 +122,16 @@ class Rendering:
                 else:
                     self.metrics.count("dropped")
             self._frames_cond.notify_all()
+
+    def _engine_failed(self, error: Exception) -> None:
+        """The engine raised: the fallback engine draws the rest of the run (reported once, with the reason)."""
+        failed, fallback = type(self.engine).__name__, type(self.fallback).__name__
+        detail = str(error) if isinstance(error, AnchorcastError) else f"{type(error).__name__}: {error}"
+        log.error("the lip engine %s failed (%s); %s draws the rest of the run", failed, detail, fallback)
+        self.metrics.count("engine_failures")
+        assert self.fallback is not None
+        self.engine = self.fallback
+        self.post_event(EngineFailed(self.clock.frame_pts(self._next_to_air), failed, fallback, detail))
 
     def _frames_with_audio(self, first: int, cap: int, lookahead: int) -> int:
         if self.timeline.finished:
