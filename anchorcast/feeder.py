@@ -8,9 +8,11 @@ come. Live audio that arrives after the playout ran dry airs one latency budget 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from anchorcast.errors import AnchorcastError
@@ -23,8 +25,11 @@ from anchorcast.media import (
     TextSegment,
     UtteranceEnded,
     UtteranceStarted,
+    VoiceFailed,
 )
 from anchorcast.pacing import POLL_S
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from anchorcast.clock import MediaClock
@@ -46,6 +51,7 @@ class Feeding:
     metrics: RunMetrics
     source: Source
     voice: Voice | None
+    voice_fallback: Voice | None
     engine: LipEngine
     _resample: Resampler
     _stop: threading.Event
@@ -56,6 +62,9 @@ class Feeding:
     _underran: bool
     _air_start: float | None
     _next_to_air: int
+
+    def post_event(self, event: Event) -> None:  # the scheduler's
+        raise NotImplementedError
 
     def _feed(self) -> None:
         config = self.config
@@ -157,9 +166,33 @@ class Feeding:
                 f"the source gave text ({segment.text[:40]!r}) but the profile names no voice",
                 hint='add a [voice] table, e.g. use = "piper"',
             )
+        spoken_to = 0  # how much of the segment's text the voice has read so far
+        try:
+            for speech in self._timed(self.voice, segment):
+                spoken_to = _end_of(speech.text, segment.text, spoken_to)
+                yield speech
+        except Exception as error:  # any voice fault: the fallback voice reads on
+            if self.voice_fallback is None or self.voice is self.voice_fallback or self._stop.is_set():
+                raise
+            rest = segment.text[spoken_to:].strip()
+            self._voice_failed(error)
+            if rest:
+                yield from self._timed(self.voice, replace(segment, text=rest))
+
+    def _voice_failed(self, error: BaseException) -> None:
+        """The fallback voice reads from here on; reported once, with the reason."""
+        assert self.voice is not None and self.voice_fallback is not None
+        failed, fallback = type(self.voice).__name__, type(self.voice_fallback).__name__
+        detail = str(error) or type(error).__name__
+        log.error("the voice %s failed (%s); %s reads on", failed, detail, fallback)
+        self.metrics.count("voice_failures")
+        self.voice = self.voice_fallback
+        self.post_event(VoiceFailed(self.clock.frame_pts(self._next_to_air), failed, fallback, detail))
+
+    def _timed(self, voice: Voice, segment: TextSegment) -> Iterator[Speech]:
         started = time.perf_counter()
         first = True
-        for speech in self.voice.synthesize(segment):
+        for speech in voice.synthesize(segment):
             elapsed = (time.perf_counter() - started) * 1000
             self.metrics.observe("voice_first_audio" if first else "voice_sentence", elapsed)
             first = False
@@ -183,3 +216,10 @@ class Feeding:
             if self.timeline.total - aired_sample < ahead_limit:
                 return
             self._stop.wait(POLL_S)
+
+
+def _end_of(spoken: str, text: str, start: int) -> int:
+    """Where ``spoken`` (a sentence the voice read) ends in ``text``, searching from ``start``; ``start`` when the
+    voice reworded it beyond recognition (the fallback then rereads from the last sentence found)."""
+    found = text.find(spoken.strip(), start) if spoken.strip() else -1
+    return found + len(spoken.strip()) if found >= 0 else start

@@ -15,7 +15,7 @@ from typing import Any
 
 from anchorcast.components import LipEngine, Output, Source, Voice
 from anchorcast.errors import AnchorcastError
-from anchorcast.media import Event, StreamFormat
+from anchorcast.media import Event, StreamFormat, VoiceFailed
 from anchorcast.plugin_manager import PluginManager, PluginPolicy
 from anchorcast.profile import Profile, Stage, load_profile, plugin_settings
 from anchorcast.scheduler import Scheduler
@@ -149,10 +149,20 @@ class Host:
                 self._open_given(source, fmt, opened)
             else:
                 source = self._open(profile.source, fmt, opened)
+            voice_fallback = self._open(profile.voice_fallback, fmt, opened) if profile.voice_fallback else None
+            voice_failed: VoiceFailed | None = None
             if voice is not None:
                 self._open_given(voice, fmt, opened)
             elif profile.voice:
-                voice = self._open(profile.voice, fmt, opened)
+                try:
+                    voice = self._open(profile.voice, fmt, opened)
+                except AnchorcastError as error:  # a model that will not load: the fallback reads the script
+                    if voice_fallback is None:
+                        raise
+                    log.error("the voice %s did not open (%s); %s reads instead", profile.voice.use, error,
+                              type(voice_fallback).__name__)
+                    voice_failed = VoiceFailed(0.0, profile.voice.use, type(voice_fallback).__name__, str(error))
+                    voice = voice_fallback
             if engine is not None:
                 self._open_given(engine, fmt, opened)
             else:
@@ -173,8 +183,10 @@ class Host:
 
             scheduler = self.scheduler = Scheduler(
                 fmt, config, source, voice, engine, outputs,
-                fallback=fallback, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
+                fallback=fallback, voice_fallback=voice_fallback, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
             )
+            if voice_failed is not None:
+                scheduler.post_event(voice_failed)
             self._call_guarded("anchorcast_startup", {"host": self})
             on_ready(scheduler)
             return scheduler.run()

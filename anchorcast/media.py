@@ -218,6 +218,16 @@ class EngineFailed(Event):
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceFailed(Event):
+    """The voice raised mid-utterance (or its model would not load): ``fallback`` (a voice's name) reads the
+    rest of the utterance and everything after it."""
+
+    voice: str = ""
+    fallback: str = ""
+    detail: str = ""
+
+
 _EVENT_KINDS: dict[type, str] = {
     Event: "event",
     SpeechStarted: "speech_started",
@@ -230,4 +240,5 @@ _EVENT_KINDS: dict[type, str] = {
     UtteranceEnded: "utterance_ended",
     OutputState: "output_state",
     EngineFailed: "engine_failed",
+    VoiceFailed: "voice_failed",
 }

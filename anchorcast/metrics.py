@@ -132,6 +132,8 @@ class RunMetrics:
                 + self.counters["overrun_fallback"],
                 "silence_underruns": self.counters["silence_underrun"],
                 "interrupts": self.counters["interrupts"],
+                "engine_failures": self.counters["engine_failures"],
+                "voice_failures": self.counters["voice_failures"],
                 "batch_size_mean": round(sum(k * v for k, v in self.batch_sizes.items()) / batches, 3)
                 if batches
                 else 0.0,

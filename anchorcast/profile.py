@@ -6,7 +6,7 @@ import.
 [scheduler]     # latency_budget_ms, overrun, fallback, pace, ...
 [plugins]       # allow, block, strict
 [source]        # use = "script", then the source's own settings
-[voice]         # use = "piper", ...            (optional: not needed for audio sources)
+[voice]         # use = "piper", fallback = "espeak", ...  (optional: not needed for audio sources)
 [engine]        # use = "viseme", ...
 [outputs.NAME]  # one table per output; use = "file" (defaults to NAME), ...
 ```
@@ -91,10 +91,12 @@ class Profile:
     engine: Stage
     outputs: dict[str, Stage]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    voice_fallback: Stage | None = None  # [voice] fallback: reads on when the voice fails
+
 
     @property
     def stages(self) -> list[Stage]:
-        found = [self.source, self.voice, self.engine, self.fallback, *self.outputs.values()]
+        found = [self.source, self.voice, self.voice_fallback, self.engine, self.fallback, *self.outputs.values()]
         return [stage for stage in found if stage is not None]
 
 
@@ -328,7 +330,15 @@ def load_profile(
         return Stage(table_name, kind, use, settings)
 
     source = stage("source", "source", table("source"), None)
-    voice = stage("voice", "voice", table("voice"), None) if "voice" in raw else None
+    voice = voice_fallback = None
+    if "voice" in raw:
+        voice_table = dict(table("voice"))
+        backup = voice_table.pop("fallback", "")
+        voice = stage("voice", "voice", voice_table, None)
+        if not isinstance(backup, str):
+            problems.add("voice.fallback", f'must be a voice\'s name, e.g. "espeak", got {backup!r}')
+        elif backup:
+            voice_fallback = stage("voice.fallback", "voice", {"use": backup}, None)
     engine = stage("engine", "engine", table("engine"), "viseme")
     outputs: dict[str, Stage] = {}
     output_tables = table("outputs")
@@ -372,6 +382,7 @@ def load_profile(
         engine=engine,
         outputs=outputs,
         raw=raw,
+        voice_fallback=voice_fallback,
     )
 
 

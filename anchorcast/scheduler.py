@@ -69,6 +69,7 @@ class Scheduler(Feeding, Rendering):
         outputs: Sequence[tuple[str, Output]],
         *,
         fallback: LipEngine | None = None,
+        voice_fallback: Voice | None = None,
         emit: Callable[[Event], None] = lambda event: None,
         on_metrics: Callable[[dict], None] = lambda report: None,
         on_progress: Callable[[int, int | None], None] = lambda aired, total: None,
@@ -81,7 +82,7 @@ class Scheduler(Feeding, Rendering):
         self.timeline = Timeline(fmt.sample_rate)
         self.metrics = RunMetrics(float(fmt.fps), fmt.sample_rate)
         self.source = source
-        self.voice = voice
+        self.voice, self.voice_fallback = voice, voice_fallback
         self.engine = engine
         self.fallback = fallback
         self.outputs = list(outputs)

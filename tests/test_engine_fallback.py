@@ -81,6 +81,7 @@ def test_the_fallback_engine_draws_the_rest_of_the_run_when_the_engine_fails(hom
     assert "illegal memory access" in failures[0].detail
     video = decode(tmp_path / "news.mp4")
     assert len(video.frames) == report["frames"] and video.video_seconds > 3  # read to the end
+    assert report["engine_failures"] == 1
     # after the failure the viseme engine's mouth follows the speech
     after = round(failures[0].pts * 25)
     motion = mouth_motion(video.frames[after:], video.frames[-1])
