@@ -209,6 +209,16 @@ class OutputState(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceState(Event):
+    """A live source lost its input (``"lost"``: a microphone unplugged or its sound server's source removed;
+    the anchor is idle meanwhile) or has it again (``"live"``)."""
+
+    source: str = ""
+    state: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class EngineFailed(Event):
     """The lip engine raised: ``fallback`` (an engine's name) draws the rest of the run, or ``""`` when there is
     none (the run then ends with the error)."""
@@ -239,6 +249,7 @@ _EVENT_KINDS: dict[type, str] = {
     UtteranceStarted: "utterance_started",
     UtteranceEnded: "utterance_ended",
     OutputState: "output_state",
+    SourceState: "source_state",
     EngineFailed: "engine_failed",
     VoiceFailed: "voice_failed",
 }

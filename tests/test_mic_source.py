@@ -135,6 +135,12 @@ class MouthProbe:
 class ProbePlugin:
     def __init__(self) -> None:
         self.probe = MouthProbe()
+        self.events: list[dict[str, Any]] = []
+
+    @hookimpl
+    def anchorcast_event(self, host: Any, event: Any) -> None:
+        self.events.append({"kind": event.kind, "pts": event.pts, "state": getattr(event, "state", ""),
+                            "wall": time.monotonic()})
 
     @hookimpl
     def anchorcast_register_outputs(self, host: Any, register: Any) -> None:
@@ -181,6 +187,7 @@ def _child_host(options: dict[str, Any]) -> None:
     out = Path(options["out"])
     np.save(out / "frames.npy", np.array(plugin.probe.rows))
     (out / "report.json").write_text(json.dumps(report))
+    (out / "events.json").write_text(json.dumps(plugin.events))
 
 
 # --- the parent's side -------------------------------------------------------------------------------------
@@ -498,3 +505,56 @@ def test_live_stream_from_the_mic_moves_the_mouth_during_speech_only(pulse: Puls
           f"{1000 * (written[first_moving] - played_at):.0f} ms; scheduler audio_to_air {json.dumps(latency)}; "
           f"{ {key: report[key] for key in keys} }")
     assert written[first_moving] > played_at
+
+
+@pytest.mark.slow
+def test_a_microphone_that_disappears_leaves_the_anchor_idle_and_is_back_when_it_returns(
+    pulse: PulseAudio, tmp_path: Path
+) -> None:
+    """The sound server's source is removed mid-stream (as unplugging a USB microphone does) and added again:
+    frames keep airing, idle, through the gap; the mic reopens by itself and the mouth follows speech again."""
+    from anchorcast_plugins.voices.espeak_voice import EspeakVoice
+
+    voice = EspeakVoice("en")
+    speech = np.concatenate([s.audio for s in voice.synthesize(TextSegment("The anchor is live again."))])
+    rate = voice.sample_rate
+    options = {"seconds": 12.0 + len(speech) / rate, "out": str(tmp_path), "budget_ms": LIVE_BUDGET_MS}
+    child = Child("host", options, pulse.client_env())
+    try:
+        child.wait_ready()
+        time.sleep(1.0)
+        sink_module = next(line.split()[0] for line in pulse.pactl("list", "short", "modules").splitlines()
+                           if "module-null-sink" in line)
+        pulse.pactl("unload-module", sink_module)
+        lost_at = time.monotonic()
+        time.sleep(3.0)
+        pulse.pactl("load-module", "module-null-sink", f"sink_name={pulse_module.SINK}", f"rate={RATE}")
+        back_at = time.monotonic()
+        time.sleep(3.0)  # the mic reopens within reconnect_s
+        player = pulse.player(rate, latency_ms=PLAYER_BUFFER_MS)
+        played_at = player.write(speech)
+        player.finish()
+        code = child.finish(timeout=90)
+        assert code == 0, child.output()
+    finally:
+        child.stop()
+        if not any("anchor_sink" in line for line in pulse.pactl("list", "short", "sinks").splitlines()):
+            pulse.pactl("load-module", "module-null-sink", f"sink_name={pulse_module.SINK}", f"rate={RATE}")
+    frames = np.load(tmp_path / "frames.npy")
+    events = json.loads((tmp_path / "events.json").read_text())
+    index, change, level, written = frames.T
+    assert (np.diff(index) == 1).all()
+    during = (written > lost_at + 0.5) & (written < back_at)
+    assert during.sum() > 40, "the stream stopped while the microphone was gone"  # 25 fps for ~2.5 s
+    assert np.diff(written[during]).max() < 0.5, "frames stalled while the microphone was gone"
+    assert (change[during] == 0).all(), "the anchor was not idle while the microphone was gone"
+    states = [e["state"] for e in events if e["kind"] == "source_state"]
+    assert states == ["lost", "live"], events
+    live_at = next(e["wall"] for e in events if e["kind"] == "source_state" and e["state"] == "live")
+    assert back_at < live_at < back_at + 3.0
+    after = written > played_at
+    moving = change[after] > 0
+    assert (level[after] > 0.02).sum() > 10, "the speech after the reconnect never reached the frames"
+    assert moving.sum() > 10, "the mouth did not follow speech after the reconnect"
+    print(f"\nmic lost -> 'lost' event; back -> 'live' event {1000 * (live_at - back_at):.0f} ms after the source "
+          f"returned; {during.sum()} idle frames aired while it was gone")

@@ -9,10 +9,15 @@ so the media clock never slips behind the wall clock.
 
 The stream starts when :meth:`MicSource.items` is first read, not at :meth:`MicSource.open`: audio captured while
 the other stages open would otherwise reach the timeline as a backlog and add its length to the latency.
+
+A device that goes away mid-stream (unplugged, or its PulseAudio source unloaded) or stops delivering is
+reopened every ``reconnect_s``; the anchor is idle meanwhile and :class:`~anchorcast.media.SourceState` events
+("lost", "live") mark the gap.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -25,10 +30,13 @@ import numpy as np
 from anchorcast import hookimpl
 from anchorcast.components import Setting
 from anchorcast.errors import InputError
-from anchorcast.media import AudioChunk, FloatAudio, StreamFormat
+from anchorcast.media import AudioChunk, FloatAudio, SourceState, StreamFormat
+from anchorcast_plugins.sources.mic_devices import AUDIO_SETUP_HINT, InputDevice, find_device, import_sounddevice
 
 if TYPE_CHECKING:
     from anchorcast.host import Host
+
+log = logging.getLogger(__name__)
 
 CHUNK_SECONDS = 0.02
 """Every chunk is 20 ms: 320 samples at 16 kHz."""
@@ -55,98 +63,11 @@ SETTINGS: dict[str, Setting] = {
     "queue_seconds": Setting(
         float, 2.0, "captured audio kept while the host falls behind; older audio is dropped", minimum=0.1,
     ),
+    "reconnect_s": Setting(
+        float, 1.0, "a device that stops (unplugged, its sound server's source removed) is reopened this often "
+        "while the anchor stays idle; 0: a lost device ends the run", minimum=0,
+    ),
 }
-
-AUDIO_SETUP_HINT = (
-    "on Linux, run a sound server: PulseAudio or PipeWire (apt-get install pulseaudio libasound2-plugins) and "
-    "check `pactl list short sources`; plain ALSA devices need the user in the 'audio' group. On Windows and "
-    "macOS, plug in or enable a microphone in the system's sound settings"
-)
-
-_CHOOSE_HINT = "set device to one of them: its index or part of its name"
-
-
-# --- devices ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputDevice:
-    """A PortAudio device that can capture."""
-
-    index: int
-    name: str
-    host_api: str
-    channels: int
-    default_rate: float
-
-    def describe(self) -> str:
-        return f"{self.index}: {self.name} ({self.host_api}, {self.channels} in)"
-
-
-def import_sounddevice() -> Any:
-    """sounddevice, or a clear :class:`InputError` when it or the PortAudio library is missing."""
-    try:
-        import sounddevice
-    except ImportError as error:
-        raise InputError(
-            f"the mic source needs the sounddevice package, which is not installed ({error})",
-            hint="pip install sounddevice",
-        ) from error
-    except OSError as error:  # sounddevice finds no libportaudio at import
-        raise InputError(
-            f"the mic source needs the PortAudio library, which was not found ({error})",
-            hint="on Debian/Ubuntu: sudo apt-get install libportaudio2",
-        ) from error
-    return sounddevice
-
-
-def input_devices(sd: Any) -> list[InputDevice]:
-    """Every device PortAudio found that has at least one input channel."""
-    apis = [api["name"] for api in sd.query_hostapis()]
-    return [
-        InputDevice(int(d["index"]), str(d["name"]), apis[d["hostapi"]], int(d["max_input_channels"]),
-                    float(d["default_samplerate"]))
-        for d in sd.query_devices()
-        if d["max_input_channels"] > 0
-    ]
-
-
-def describe_devices(devices: list[InputDevice]) -> str:
-    return "; ".join(device.describe() for device in devices)
-
-
-def find_device(sd: Any, wanted: str | int | None) -> InputDevice:
-    """The input device a profile names (an index, part of a name, or None for the system default)."""
-    devices = input_devices(sd)
-    if not devices:
-        raise InputError("mic: no audio input device found (PortAudio sees no device that can record)",
-                         hint=AUDIO_SETUP_HINT)
-    listing = f"available input devices: {describe_devices(devices)}"
-    by_index = {device.index: device for device in devices}
-    if isinstance(wanted, str) and wanted.strip().isdigit():
-        wanted = int(wanted)
-    if wanted is None:
-        default = sd.default.device[0]
-        if default is None or int(default) < 0 or int(default) not in by_index:
-            raise InputError(f"mic: there is no default input device; {listing}",
-                             hint="set device to one of them (its index or part of its name)")
-        return by_index[int(default)]
-    if isinstance(wanted, int):
-        if wanted not in by_index:
-            raise InputError(f"mic: device = {wanted} is not an input device; {listing}", hint=_CHOOSE_HINT)
-        return by_index[wanted]
-    needle = wanted.strip().lower()
-    exact = [device for device in devices if device.name.lower() == needle]
-    matches = exact or [device for device in devices if needle in device.name.lower()]
-    if not matches:
-        raise InputError(f"mic: no input device matches device = {wanted!r}; {listing}", hint=_CHOOSE_HINT)
-    if len(matches) > 1:
-        raise InputError(
-            f"mic: device = {wanted!r} matches {len(matches)} input devices: {describe_devices(matches)}",
-            hint="give more of the name, or the device's index",
-        )
-    return matches[0]
-
 
 # --- the source -------------------------------------------------------------------------------------------
 
@@ -163,6 +84,8 @@ class CaptureStats:
     """Silence inserted (at the capture rate) for samples lost in overflows."""
     dropped_blocks: int = 0
     """Blocks dropped because the queue was full (the host fell behind)."""
+    reconnects: int = 0
+    """Times the device was lost and opened again."""
 
 
 class MicSource:
@@ -182,11 +105,13 @@ class MicSource:
         sample_rate: int = 16000,
         capture_rate: int = 0,
         queue_seconds: float = 2.0,
+        reconnect_s: float = 1.0,
     ) -> None:
         self.device = device
         self.sample_rate = sample_rate
         self.requested_capture_rate = capture_rate
         self.queue_seconds = queue_seconds
+        self.reconnect_s = reconnect_s
         self.chunk_samples = round(sample_rate * CHUNK_SECONDS)
         self.device_info: InputDevice | None = None
         self.capture_rate = 0
@@ -209,63 +134,120 @@ class MicSource:
         self.close()
         sd = import_sounddevice()
         device = find_device(sd, self.device)
+        with self._cond:
+            self._closed = False
+            self.stats = CaptureStats()
+        self._open_stream(sd, device)
+
+    def _open_stream(self, sd: Any, device: InputDevice) -> bool:
+        """Opens an input stream on ``device``; False when :meth:`close` came first."""
         channels, rate = self._choose_settings(sd, device)
-        self._block = round(rate * CHUNK_SECONDS)
+        block = round(rate * CHUNK_SECONDS)
         try:
             stream = sd.InputStream(
-                device=device.index, samplerate=rate, channels=channels, dtype="float32", blocksize=self._block,
+                device=device.index, samplerate=rate, channels=channels, dtype="float32", blocksize=block,
                 latency="low", callback=self._on_block, finished_callback=self._on_finished,
             )
         except sd.PortAudioError as error:
             raise InputError(f"mic: cannot open input device {device.describe()}: {error}",
                              hint=AUDIO_SETUP_HINT) from error
         with self._cond:
+            if self._closed:
+                stream.close(ignore_errors=True)
+                return False
             self.device_info = device
             self.capture_rate = int(stream.samplerate)
+            self._block = block
             self._channels = channels
             self._max_blocks = max(1, round(self.queue_seconds / CHUNK_SECONDS))
             self._queue.clear()
-            self._closed = False
             self._stream_error = None
             self._gaps = GapEstimator(self.capture_rate, self._block)
-            self.stats = CaptureStats()
             self._stream = stream
+        return True
 
-    def items(self) -> Iterator[AudioChunk]:
-        """Starts capturing and yields 20 ms chunks until :meth:`close`."""
-        stream = self._stream
-        if stream is None:
+    def items(self) -> Iterator[AudioChunk | SourceState]:
+        """Starts capturing and yields 20 ms chunks until :meth:`close`. A device that stops or goes silent is
+        reopened every ``reconnect_s`` (a :class:`SourceState` "lost", then "live", is yielded around the gap:
+        the anchor is idle meanwhile); with ``reconnect_s = 0`` it ends the run with an :class:`InputError`."""
+        if self._stream is None:
             raise RuntimeError("MicSource.items() called before open()")
+        if not self._start():
+            return
         chunker = _Rechunker(self.capture_rate, self.sample_rate, self.chunk_samples)
-        with self._cond:
-            if self._closed:
+        while True:
+            try:
+                blocks = self._next_blocks()
+            except InputError as error:
+                if not self.reconnect_s:
+                    raise
+                log.warning("%s; reconnecting every %.1f s", error, self.reconnect_s)
+                yield SourceState(0.0, "mic", "lost", str(error))
+                if not self._reconnect():
+                    return
+                log.warning("mic: %s is back", self._device_text())
+                yield SourceState(0.0, "mic", "live", self._device_text())
+                emitted, chunker = chunker.emitted, _Rechunker(self.capture_rate, self.sample_rate, self.chunk_samples)
+                chunker.emitted = emitted  # chunk starts stay monotonic across the gap
+                continue
+            if blocks is None:
                 return
+            for block in blocks:
+                yield from chunker.push(block)
+
+    def _start(self) -> bool:
+        """Starts the opened stream; False when :meth:`close` came first."""
+        with self._cond:
+            stream = self._stream
+            if self._closed or stream is None:
+                return False
             self._last_arrival = time.monotonic()
         try:  # outside the lock: PortAudio's thread takes it in the callbacks
             stream.start()
         except Exception as error:  # PortAudioError: closed meanwhile, or the device went away since open()
             if self._closed:
-                return
+                return False
             raise InputError(f"mic: cannot start input device {self._device_text()}: {error}",
                              hint=AUDIO_SETUP_HINT) from error
+        return True
+
+    def _next_blocks(self) -> list[FloatAudio] | None:
+        """The blocks captured since the last call (waiting for at least one); None once closed."""
+        with self._cond:
+            while not self._queue and not self._closed and self._stream_error is None:
+                self._cond.wait(0.1)
+                if time.monotonic() - self._last_arrival > STALL_TIMEOUT_S:
+                    raise InputError(f"mic: the input device {self._device_text()} delivered no audio for "
+                                     f"{STALL_TIMEOUT_S:.0f} s", hint=AUDIO_SETUP_HINT)
+            if self._closed:
+                return None
+            if not self._queue:
+                raise InputError(f"mic: the input device {self._device_text()} stopped: {self._stream_error}",
+                                 hint=AUDIO_SETUP_HINT)
+            blocks = list(self._queue)
+            self._queue.clear()
+            return blocks
+
+    def _reconnect(self) -> bool:
+        """Reopens the device until it records again; False when :meth:`close` came first."""
+        sd = import_sounddevice()
+        device = self.device_info
+        assert device is not None
         while True:
             with self._cond:
-                while not self._queue and not self._closed and self._stream_error is None:
-                    self._cond.wait(0.1)
-                    if time.monotonic() - self._last_arrival > STALL_TIMEOUT_S:
-                        raise InputError(
-                            f"mic: the input device {self._device_text()} delivered no audio for "
-                            f"{STALL_TIMEOUT_S:.0f} s", hint=AUDIO_SETUP_HINT,
-                        )
-                if self._closed:
-                    return
-                if not self._queue:
-                    raise InputError(f"mic: the input device {self._device_text()} stopped: {self._stream_error}",
-                                     hint=AUDIO_SETUP_HINT)
-                blocks = list(self._queue)
-                self._queue.clear()
-            for block in blocks:
-                yield from chunker.push(block)
+                stream, self._stream = self._stream, None
+            if stream is not None:
+                stream.close(ignore_errors=True)
+            with self._cond:
+                if self._cond.wait_for(lambda: self._closed, timeout=self.reconnect_s):
+                    return False
+            try:
+                if not self._open_stream(sd, device) or not self._start():
+                    return False
+            except InputError:
+                continue  # still gone
+            self.stats.reconnects += 1
+            return True
 
     def interrupt(self) -> None:
         """Drops the audio captured but not yet read: it becomes silence of the same length, so the next chunks
@@ -409,6 +391,7 @@ def _make_source(host: Host, settings: dict[str, Any]) -> MicSource:
         sample_rate=settings["sample_rate"],
         capture_rate=settings["capture_rate"],
         queue_seconds=settings["queue_seconds"],
+        reconnect_s=settings["reconnect_s"],
     )
 
 
