@@ -17,6 +17,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -395,6 +396,20 @@ def test_things_that_are_not_checkpoints(tmp_path: Path, content: bytes | str, w
         load_checkpoint(path, "generator")
     assert caught.value.reason == "not-a-checkpoint"
     assert words in str(caught.value)
+
+
+def test_a_2_gb_file_is_refused_by_its_size_before_it_is_read(small_files: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "wav2lip_huge.pth"
+    big.write_bytes(small_files["legacy-disc"].read_bytes()[:4096])  # a real checkpoint's start...
+    with big.open("r+b") as file:
+        file.truncate(2 << 30)  # ...grown to 2 GiB (sparse: nothing is written)
+    opened: list[Any] = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: opened.append(args))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(big, "generator")
+    assert "2.0 GiB" in str(caught.value) and "not opened" in str(caught.value), caught.value
+    assert caught.value.reason == "not-a-checkpoint" and not opened
 
 
 def test_missing_file_and_folder(tmp_path: Path) -> None:

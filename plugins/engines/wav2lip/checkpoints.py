@@ -50,6 +50,10 @@ CONTAINERS = ("legacy-pickle", "zip-pickle", "bare-state-dict", "torchscript", "
 """``LoadedCheckpoint.container``: a training dict in either pickle format is ``legacy-pickle`` / ``zip-pickle``;
 a pickle holding only the tensors (in either format) is ``bare-state-dict``."""
 
+MAX_CHECKPOINT_BYTES = 1 << 30
+"""Larger files are refused before a byte is read: the largest real one, wav2lip_gan.pth with its Adam state, is
+about 416 MB; a file several times that is not one of these models and would only fill the memory."""
+
 NUM_BATCHES_TRACKED = "num_batches_tracked"
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -233,6 +237,10 @@ def _read_container(path: Path) -> _RawWeights:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint", reason="not-a-checkpoint",
                               hint="the download probably failed; download the weights again")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path} is {size / (1 << 30):.1f} GiB: too large for a Wav2Lip, SyncNet or "
+                              f"discriminator checkpoint (at most {MAX_CHECKPOINT_BYTES >> 30} GiB); not opened",
+                              reason="not-a-checkpoint", hint=_SIZE_HINT)
     with path.open("rb") as file:
         head = file.read(64)
     if head.startswith(ZIP_HEADS):
