@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
+from anchorcast_plugins.engines.images import read_image
 from anchorcast_plugins.engines.viseme.shapes import MouthShape
 
 Float32Array = npt.NDArray[np.float32]
@@ -62,15 +63,7 @@ class Box:
 
 def load_image(path: Path) -> Image:
     """An image file as RGB uint8 (alpha dropped, grey expanded), or InputError naming the file."""
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as error:
-        raise InputError(f"cannot read the avatar image {path}: {error.strerror or error}") from error
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InputError(f"cannot read the avatar image {path}: not an image OpenCV can decode",
-                         hint="use a PNG or JPEG portrait")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_image(path, "the avatar image"), cv2.COLOR_BGR2RGB)
 
 
 MATTE_SUFFIX = "-matte.png"
@@ -81,18 +74,15 @@ def load_matte(path: Path) -> Image | None:
     """The portrait's alpha as (H, W) uint8, from its own alpha channel or from the grey ``<stem>-matte.png``
     beside it; None when it has neither (the whole picture is the anchor). InputError for an unreadable or
     wrongly sized matte file, naming it."""
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is not None and image.ndim == 3 and image.shape[2] == 4:
+    image = read_image(path, "the avatar image", cv2.IMREAD_UNCHANGED)
+    if image.ndim == 3 and image.shape[2] == 4:
         alpha = image[:, :, 3]
         return (alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha.copy()
     beside = path.with_name(path.stem + MATTE_SUFFIX)
     if not beside.is_file():
         return None
-    matte = cv2.imdecode(np.fromfile(beside, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if matte is None:
-        raise InputError(f"cannot read the portrait's matte {beside}: not an image OpenCV can decode")
-    if image is not None and matte.shape != image.shape[:2]:
+    matte = read_image(beside, "the portrait's matte", cv2.IMREAD_GRAYSCALE, hint="use a grey PNG")
+    if matte.shape != image.shape[:2]:
         raise InputError(f"the matte {beside} is {matte.shape[1]}x{matte.shape[0]} pixels but the portrait {path} "
                          f"is {image.shape[1]}x{image.shape[0]}", hint="make the matte the portrait's size")
     return matte

@@ -15,6 +15,7 @@ import numpy as np
 
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
+from anchorcast_plugins.engines.images import read_image
 from anchorcast_plugins.engines.viseme.shapes import MouthShape, Viseme
 
 REQUIRED = (Viseme.CLOSED, Viseme.OPEN)
@@ -27,10 +28,7 @@ OPEN_SPRITE_FROM = 0.35
 
 def load_sprite(path: Path) -> Image:
     """An RGBA uint8 sprite (opaque when the file has no alpha), or InputError naming the file."""
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise InputError(f"cannot read the sprite {path}: not an image OpenCV can decode", hint="use PNG files")
+    image = read_image(path, "the sprite", cv2.IMREAD_UNCHANGED, hint="use PNG files")
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     if image.ndim == 2:

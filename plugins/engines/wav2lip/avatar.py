@@ -51,6 +51,7 @@ from anchorcast.errors import InputError
 from anchorcast.media import Image
 from anchorcast.storage import anchorcast_home, file_sha256
 from anchorcast_plugins.engines.faces import FaceBox, FaceDetector
+from anchorcast_plugins.engines.images import read_image
 
 AVATAR_FORMAT_VERSION = 1
 INFO_FILE = "avatar.json"
@@ -164,11 +165,7 @@ class _Source:
 
 
 def _read_image(path: Path) -> Image:
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InputError(f"cannot read the avatar image {path}: not an image OpenCV can decode",
-                         hint="use a PNG or JPEG portrait, or a video")
+    image = read_image(path, "the avatar image", hint="use a PNG or JPEG portrait, or a video")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
