@@ -24,6 +24,12 @@ SETTINGS = {
     "max_chars": Setting(int, 240, "longer sentences are split at commas", minimum=40),
 }
 
+MAX_SCRIPT_CHARS = 1_000_000
+"""About 17 hours read aloud: a longer "script" is a wrong file, not a bulletin."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ufffe\uffff]")
+"""Characters no voice reads and no caption shows (NUL, C0/C1 controls, a stray byte-order mark)."""
+
 _CUE = re.compile(r"^\s*\[cue:\s*(?P<name>[^\]]+?)\s*\]\s*(?P<rest>.*)$", re.IGNORECASE)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3040-\u30ff]")
 _CLOSERS = "\"'”’」』）)】》"
@@ -50,7 +56,13 @@ class ScriptSource:
     live = False
 
     def __init__(self, text: str, origin: str, language: str = "auto", max_chars: int = 240) -> None:
-        self.text = text
+        if len(text) > MAX_SCRIPT_CHARS:
+            raise InputError(
+                f"{origin}: the script is {len(text) / 1e6:.1f} million characters; at most "
+                f"{MAX_SCRIPT_CHARS / 1e6:.0f} million (about 17 hours read aloud)",
+                hint="is it the right file? split a long programme into bulletins",
+            )
+        self.text = _CONTROL.sub(" ", text)
         self.origin = origin
         self.language = language
         self.max_chars = max_chars
