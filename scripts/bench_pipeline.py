@@ -13,6 +13,10 @@ the time from audio entering the host to its frame leaving the outputs when pace
 render-ahead lead, not a delay anyone waits for), overruns and dropped frames. frames/s is counted from the
 first frame on air; "x real time" is media seconds over all wall seconds, start-up included.
 
+A second table gives the pacing of the ``realtime`` run: how far each frame leaves from its slot on the frame grid
+(p50/p95/max, after removing the constant offset) and the drift against the wall clock, beside the same figures for
+a bare ``time.sleep`` loop at the same rate measured in the same run (what the OS itself allows).
+
     python scripts/bench_pipeline.py [--text "..."] [--repeat 2] [--threads 1]
 """
 
@@ -22,6 +26,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,47 @@ TEXT = (
 )
 
 
-def run(mode: str, text: str, out: Path) -> dict[str, Any]:
+class PacingProbe:
+    """A live output that notes when each frame leaves."""
+
+    live = True
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def open(self, fmt: Any) -> None:
+        self.fps = float(fmt.fps)
+
+    def write(self, frame: Any, audio: Any) -> None:
+        self.times.append(time.monotonic())
+
+    def close(self) -> None:
+        pass
+
+
+def sleep_loop(frames: int, fps: float) -> list[float]:
+    """The reference: a loop that sleeps to each frame's slot and notes when it woke."""
+    start, times = time.monotonic(), []
+    for index in range(frames):
+        time.sleep(max(0.0, start + index / fps - time.monotonic()))
+        times.append(time.monotonic())
+    return times
+
+
+def pacing(times: list[float], fps: float) -> tuple[float, float, float, float]:
+    """Departure error from the frame grid (p50, p95, max in ms, constant offset removed) and drift in ppm."""
+    import numpy as np
+
+    stamps = np.array(times)
+    index = np.arange(len(stamps))
+    offsets = stamps - stamps[0] - index / fps
+    error = np.abs(offsets - np.median(offsets)) * 1000
+    slope = np.polyfit(index, stamps, 1)[0]
+    p50, p95 = np.percentile(error, [50, 95])
+    return float(p50), float(p95), float(error.max()), float((slope * fps - 1) * 1e6)
+
+
+def run(mode: str, text: str, out: Path, probe: PacingProbe | None = None) -> dict[str, Any]:
     path = find_profile("default")
     raw = read_toml(path)
     raw["source"] = {"use": "script", "text": text}
@@ -48,7 +93,7 @@ def run(mode: str, text: str, out: Path) -> dict[str, Any]:
     profile = host.load_profile(path, raw=raw, overrides=overrides)
     if mode == "idle-ref":
         _use_idle_only(host, profile.engine.use)
-    return host.run(profile)
+    return host.run(profile, extra_outputs=[("pacing", probe)] if probe else ())
 
 
 def _use_idle_only(host: Host, engine: str) -> None:
@@ -91,10 +136,11 @@ def main() -> int:
     text = " ".join([args.text] * args.repeat)
     console = Console()
     rows = []
+    probe = PacingProbe()
     with tempfile.TemporaryDirectory() as folder:
         for mode in args.modes.split(","):
             console.print(f"running {mode} ...")
-            rows.append((mode, run(mode, text, Path(folder) / f"{mode}.mp4")))
+            rows.append((mode, run(mode, text, Path(folder) / f"{mode}.mp4", probe if mode == "realtime" else None)))
     reference = next((report for mode, report in rows if mode == "idle-ref"), None)
 
     table = Table(title=f"default profile, 1280x720 @ 25 fps, {os.cpu_count()} cores", header_style="bold")
@@ -114,6 +160,15 @@ def main() -> int:
             pair(stages.get("audio_to_air", {})), str(report["overruns"]), str(report["dropped_frames"]),
         )
     console.print(table)
+    if len(probe.times) > 10:
+        grid = Table(title="pacing of the realtime run: departure from the frame grid", header_style="bold")
+        for column in ("clock", "frames", "p50 ms", "p95 ms", "max ms", "drift ppm"):
+            grid.add_column(column, justify="left" if column == "clock" else "right")
+        for name, times in (("scheduler (realtime run)", probe.times),
+                            ("time.sleep loop (reference)", sleep_loop(len(probe.times), probe.fps))):
+            p50, p95, worst, drift = pacing(times, probe.fps)
+            grid.add_row(name, str(len(times)), f"{p50:.2f}", f"{p95:.2f}", f"{worst:.2f}", f"{drift:+.0f}")
+        console.print(grid)
     voice = rows[0][1]["stages"]
     console.print(
         f"voice: first audio p50 {voice.get('voice_first_audio', {}).get('p50_ms', 0):.0f} ms; "
