@@ -286,3 +286,44 @@ def test_ctrl_c_inside_a_step_lets_the_step_finish_then_saves_it(tmp_path: Path)
                   save_every=100)
     assert finished == [1, 2, 3] and stopped.value.step == 3 and saved == [3]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["completed_steps"] == 3
+
+
+@pytest.mark.slow
+def test_a_resumed_run_trains_on_the_batches_a_run_never_stopped_would(tiny, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+
+    from anchorcast_plugins.engines.wav2lip.models import SyncNet, Wav2Lip
+    from anchorcast_plugins.engines.wav2lip.training.common import TrainingInterrupted
+
+    torch.manual_seed(0)
+    expert, start = tmp_path / "expert.safetensors", tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in SyncNet().state_dict().items()}, str(expert), {"kind": "syncnet"})
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(start), {"kind": "generator"})
+    seen: list[list[list[int]]] = []  # per training step: the (clip, frame, reference) of each sample
+    real_sample = WindowSampler.sample
+
+    def sample(self: WindowSampler, rng: np.random.Generator, count: int):
+        batch = real_sample(self, rng, count)
+        seen.append(batch.windows.tolist())
+        return batch
+
+    monkeypatch.setattr(WindowSampler, "sample", sample)
+
+    def config(out: Path, resume: bool = False) -> GeneratorConfig:
+        return GeneratorConfig(out=str(out), stage="generator", data=str(tiny.folder), expert=str(expert),
+                               init=str(start), steps=4, batch=2, eval_every=100, eval_windows=2, heldout=0.5,
+                               save_every=100, device="cpu", resume=resume)
+
+    train_generator(config(tmp_path / "whole"))
+    whole, seen[:] = list(seen), []
+
+    def interrupt(step: int, values: object) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_generator(config(tmp_path / "stopped"), after_step=interrupt)
+    train_generator(config(tmp_path / "stopped", resume=True))
+    assert len(whole) == 4 and len({str(b) for b in whole}) > 1  # the batches differ from step to step
+    assert seen == whole  # steps 3 and 4 after the resume draw what steps 3 and 4 drew in the run never stopped
