@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -159,3 +160,40 @@ def test_a_prepared_avatar_folder_is_a_valid_profile_setting(home: Path, engine,
     assert profile.engine.settings["avatar"] == Path(folder)
     with pytest.raises(Exception, match="no such file or folder"):
         host.load_profile(bundled_profiles()["wav2lip"], overrides=[("engine.avatar", str(tmp_path / "nope"))])
+
+
+@pytest.mark.slow
+def test_backend_auto_on_the_production_path_measures_chooses_and_draws_what_torch_draws(
+    home: Path, tmp_path: Path
+) -> None:
+    """``anchorcast run wav2lip`` with the default ``backend = "auto"``: the candidates are measured against
+    fp32 on real speech, one is chosen and named, and the video it draws is the torch backend's within the
+    tolerance the choice was made under."""
+    from anchorcast_plugins.engines.wav2lip.backends import BACKEND_NAMES
+
+    env = {**os.environ, "ANCHORCAST_HOME": str(home), "COLUMNS": "200"}
+
+    def run(backend: str, out: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "anchorcast", "-v", "run", "wav2lip", "--text", "Good evening, the news.",
+             "--out", out, "--set", "engine.weights=test-gen", "--set", f"engine.backend={backend}",
+             "--set", "scheduler.pace=fast", "--set", "stream.width=640", "--set", "stream.height=360",
+             "--set", "stream.fps=25", "--set", "voice.use=espeak"],  # eSpeak: the same audio on every run
+            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+        )
+
+    auto, torch_run = run("auto", "auto.mp4"), run("torch", "torch.mp4")
+    assert auto.returncode == 0 and torch_run.returncode == 0, auto.stderr[-3000:] + torch_run.stderr[-3000:]
+    chosen = re.search(r"backend (\S+) on ", auto.stderr)
+    assert chosen, auto.stderr[-3000:]
+    assert chosen.group(1) in BACKEND_NAMES, chosen.group(1)
+    assert "frames/s" in auto.stderr  # the measurement was made and shown
+    a, t = decode(tmp_path / "auto.mp4"), decode(tmp_path / "torch.mp4")
+    assert len(a.frames) == len(t.frames)
+    drawn, reference = np.array(a.frames, np.float32), np.array(t.frames, np.float32)
+    mouth = reference.std(axis=0).max(axis=-1) > 4  # where the generator's paste changes over the run
+    assert mouth.sum() > 100, mouth.sum()
+    difference = np.abs(drawn - reference)[:, mouth].mean()
+    motion = np.abs(reference - reference[:1])[:, mouth].mean()
+    print(f"\nbackend auto chose {chosen.group(1)}: mouth differs from torch by {difference:.2f}, moves by {motion:.2f}")
+    assert difference < 0.25 * motion, (chosen.group(1), difference, motion)  # the same mouth, not another one
