@@ -52,6 +52,7 @@ class Feeding:
     source: Source
     voice: Voice | None
     voice_fallback: Voice | None
+    _failed_voice: Voice | None
     engine: LipEngine
     _resample: Resampler
     _stop: threading.Event
@@ -123,6 +124,7 @@ class Feeding:
             if generation != self._generation:
                 return
             if isinstance(mark, UtteranceStarted):
+                self._restore_voice()
                 self._starts.append(mark)
                 return
             if isinstance(mark, UtteranceEnded):
@@ -180,14 +182,21 @@ class Feeding:
                 yield from self._timed(self.voice, replace(segment, text=rest))
 
     def _voice_failed(self, error: BaseException) -> None:
-        """The fallback voice reads from here on; reported once, with the reason."""
+        """The fallback voice reads the rest of the utterance (of a script: the rest of the run); reported once,
+        with the reason."""
         assert self.voice is not None and self.voice_fallback is not None
         failed, fallback = type(self.voice).__name__, type(self.voice_fallback).__name__
         detail = str(error) or type(error).__name__
-        log.error("the voice %s failed (%s); %s reads on", failed, detail, fallback)
+        log.error("the voice %s failed (%s); %s reads the rest of the utterance", failed, detail, fallback)
         self.metrics.count("voice_failures")
-        self.voice = self.voice_fallback
+        self._failed_voice, self.voice = self.voice, self.voice_fallback
         self.post_event(VoiceFailed(self.clock.frame_pts(self._next_to_air), failed, fallback, detail))
+
+    def _restore_voice(self) -> None:
+        """A new utterance (a served session's next ``say``) is read by the voice that failed before: its
+        fault may have been that utterance's own (another voice it asked for, a sentence it could not read)."""
+        if self._failed_voice is not None:
+            self.voice, self._failed_voice = self._failed_voice, None
 
     def _timed(self, voice: Voice, segment: TextSegment) -> Iterator[Speech]:
         started = time.perf_counter()

@@ -83,6 +83,7 @@ class Scheduler(Feeding, Rendering):
         self.metrics = RunMetrics(float(fmt.fps), fmt.sample_rate)
         self.source = source
         self.voice, self.voice_fallback = voice, voice_fallback
+        self._failed_voice = None
         self.engine = engine
         self.fallback = fallback
         self.outputs = list(outputs)

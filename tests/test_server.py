@@ -180,6 +180,23 @@ def test_utterances_play_in_order_and_interrupt_true_speaks_now(server: StudioSe
     events.close()
 
 
+def test_a_voice_an_utterance_asks_for_that_will_not_open_is_read_by_the_sessions_voice(
+    server: StudioServer, client: Client
+) -> None:
+    session = client.create_session("small")
+    events = Events(server, session)
+    broken = client.say(session, "Read by the session's voice instead.", voice="espeak:zz-no-such-voice")
+    ended = events.wait(events.of("utterance_ended", broken))
+    failed = events.wait(events.of("voice_failed"))
+    assert failed["voice"] == "espeak:zz-no-such-voice" and failed["fallback"] == "espeak"
+    assert "zz-no-such-voice" in failed["detail"] and ended["duration"] > 0.5  # it was read, not skipped
+    after = client.say(session, "And the session goes on.")
+    events.wait(events.of("utterance_ended", after))
+    assert client.session(session)["state"] == "idle"
+    assert len([e for e in events.items if e["type"] == "voice_failed"]) == 1
+    events.close()
+
+
 def test_audio_posted_as_wav_is_resampled_and_lip_synced(server: StudioServer, client: Client) -> None:
     session = client.create_session("small", {"engine.idle_motion": "off"})
     events = Events(server, session)

@@ -7,16 +7,19 @@ the first time it speaks, on the scheduler's feeder thread; all are closed with 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anchorcast.errors import AnchorcastError
-from anchorcast.media import Speech, StreamFormat, TextSegment
+from anchorcast.media import Speech, StreamFormat, TextSegment, VoiceFailed
 from anchorcast.profile import Stage, _Problems, validate_table
 
 if TYPE_CHECKING:
     from anchorcast.host import Host
+
+log = logging.getLogger(__name__)
 
 
 def voice_stage(host: Host, spec: str) -> Stage:
@@ -57,7 +60,14 @@ class VoiceRouter:
         spec = self._voice_for(segment) or ""
         voice = self._voices.get(spec)
         if voice is None:
-            voice = self._voices[spec] = self._opened(voice_stage(self._host, spec))
+            try:
+                voice = self._voices[spec] = self._opened(voice_stage(self._host, spec))
+            except AnchorcastError as error:  # a voice this utterance asked for will not open: the session's reads
+                if not spec:
+                    raise
+                log.error("voice %s did not open (%s); the session's voice reads this utterance", spec, error)
+                self._host.post_event(VoiceFailed(self._host.next_pts, spec, self._default_stage.use, str(error)))
+                voice = self._voices[""]
         return voice.synthesize(segment)
 
     def close(self) -> None:
