@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -243,8 +245,15 @@ def avatar() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("w2l-cache")
+def int8_cache(avatar: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A cache folder holding the int8 model of the trained-like generator, built (cold) here whichever test
+    asks first: ``dir``, the ``cold`` backend and its build ``info``."""
+    folder = tmp_path_factory.mktemp("w2l-cache")
+    cold, info = wb.build_openvino_backend(avatar["model"], "openvino-int8", cache_dir=folder,
+                                           weights_id="w-trained-like", avatar_id="astronaut",
+                                           calibration=avatar["calibration"])
+    yield {"dir": folder, "cold": cold, "info": info}
+    cold.close()
 
 
 def _predict_all(backend: wb.Backend, pairs: wb.Calibration) -> np.ndarray:
@@ -258,15 +267,15 @@ INT8_TOLERANCE = wb.Tolerance(mean_abs=0.012, max_abs=0.2, psnr_db=35.0)
 
 @pytest.mark.slow
 @needs_openvino
-def test_int8_matches_fp32_within_tolerance_and_is_cached(avatar: dict, cache_dir: Path) -> None:
+def test_int8_matches_fp32_within_tolerance_and_is_cached(avatar: dict, int8_cache: dict) -> None:
     model, calibration, held_out = avatar["model"], avatar["calibration"], avatar["held_out"]
     options = {
-        "cache_dir": cache_dir,
+        "cache_dir": int8_cache["dir"],
         "weights_id": "w-trained-like",
         "avatar_id": "astronaut",
         "calibration": calibration,
     }
-    cold, cold_info = wb.build_openvino_backend(model, "openvino-int8", **options)
+    cold, cold_info = int8_cache["cold"], int8_cache["info"]
     assert not cold_info.cached and cold_info.details["calibration"] == len(calibration)
     assert Path(cold_info.path).is_file() and Path(cold_info.path).with_suffix(".bin").is_file()
 
@@ -298,20 +307,16 @@ def test_int8_matches_fp32_within_tolerance_and_is_cached(avatar: dict, cache_di
     np.testing.assert_allclose(streamed.predict(mel, features), cold_out[: len(mel)], atol=1e-6)
     futures = [streamed.submit(m, f) for m, f in held_out[:3]]
     np.testing.assert_allclose(np.concatenate([f.result() for f in futures]), cold_out[: 3 * len(mel)], atol=1e-6)
-    for backend in (cold, warm, streamed):
+    for backend in (warm, streamed):
         backend.close()
 
 
 @pytest.mark.slow
 @needs_openvino
-def test_choose_backend_picks_a_fast_backend_within_tolerance(avatar: dict, cache_dir: Path) -> None:
+def test_choose_backend_picks_a_fast_backend_within_tolerance(avatar: dict, int8_cache: dict) -> None:
     model, calibration, held_out = avatar["model"], avatar["calibration"], avatar["held_out"]
-    common = {"device": wb.select_device("cpu"), "cache_dir": cache_dir, "weights_id": "w-trained-like",
+    common = {"device": wb.select_device("cpu"), "cache_dir": int8_cache["dir"], "weights_id": "w-trained-like",
               "avatar_id": "astronaut", "batch_size": 2, "repeats": 3, "candidates": ("torch-fp32", "openvino-int8")}  # fmt: skip
-    # the int8 model in the cache, whichever test ran first (or alone): choose_backend must load it, not rebuild
-    built, _ = wb.build_openvino_backend(model, "openvino-int8", cache_dir=cache_dir, weights_id="w-trained-like",
-                                         avatar_id="astronaut", calibration=calibration)
-    built.close()
     chosen, reports = wb.choose_backend(
         model, calibration, tolerance=INT8_TOLERANCE, evaluation=held_out, **common
     )
@@ -419,12 +424,12 @@ def test_backend_for_avatar_caches_features_and_predicts_by_frame_index(tmp_path
 
 @pytest.mark.slow
 @needs_openvino
-def test_backend_for_avatar_reuses_the_int8_model_on_disk(avatar: dict, cache_dir: Path, tmp_path: Path) -> None:
+def test_backend_for_avatar_reuses_the_int8_model_on_disk(avatar: dict, int8_cache: dict, tmp_path: Path) -> None:
     prepared = PreparedAvatar(tmp_path, avatar_faces(4, seed=5))
     mels = mel_windows(speech_like_audio(3.0, seed=11))
     bound = wb.backend_for_avatar(
         avatar["model"], wb.select_device("cpu"), prepared, "w-trained-like", request="openvino-int8",
-        calibration_mels=mels, cache_dir=cache_dir,
+        calibration_mels=mels, cache_dir=int8_cache["dir"],
     )  # fmt: skip
     assert bound.name == "openvino-int8"
     (report,) = bound.reports
