@@ -231,7 +231,8 @@ class EngineFailed(Event):
 @dataclass(frozen=True, slots=True)
 class VoiceFailed(Event):
     """The voice raised mid-utterance (or its model would not load): ``fallback`` (a voice's name) reads the
-    rest of the utterance and everything after it."""
+    rest of the utterance (of a script: the rest of the run); a served session's next utterance tries its own
+    voice again."""
 
     voice: str = ""
     fallback: str = ""

@@ -93,7 +93,6 @@ class Profile:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     voice_fallback: Stage | None = None  # [voice] fallback: reads on when the voice fails
 
-
     @property
     def stages(self) -> list[Stage]:
         found = [self.source, self.voice, self.voice_fallback, self.engine, self.fallback, *self.outputs.values()]
