@@ -315,3 +315,39 @@ def test_a_run_through_the_host_puts_the_timeline_into_the_file(
     assert -1 / 25 < result.audio_seconds - len(timeline) / 16000 <= audio_tail_s(16000)
     decoded = result.audio[: len(timeline)]
     assert np.corrcoef(decoded, timeline)[0, 1] > 0.99
+
+
+def test_a_file_cut_off_anywhere_plays_without_a_hole_up_to_what_playable_seconds_says(tmp_path: Path) -> None:
+    """kill -9 can stop the writer inside a fragment, after a P-frame and before the B-frames shown before it:
+    the reported length must end at the first frame that does not decode, not at the last one that does."""
+    fmt = StreamFormat(width=96, height=64, fps=Fraction(25), sample_rate=16000)
+    full = tmp_path / "full.mp4"
+    output = FileOutput(full)
+    output.open(fmt)
+    for index in range(100):
+        image = np.full((fmt.height, fmt.width, 3), 40, np.uint8)
+        image[20:44, index * 2 % 80 : index * 2 % 80 + 16] = (220, 180, 40)  # smooth motion: x264 uses B-frames
+        audio = tone(first_sample(index, fmt), first_sample(index + 1, fmt), fmt.sample_rate, 440.0)
+        output.write(VideoFrame(image, index, fmt.fps), AudioChunk(audio, fmt.sample_rate, first_sample(index, fmt)))
+    output.close()
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    holes_seen = cuts_that_play = 0
+    with av.open(str(full)) as container:  # cut just after each video packet: the points a kill can leave
+        ends = [packet.pos + packet.size for packet in container.demux(video=0) if packet.pos is not None]
+    for size in ends:
+        cut.write_bytes(data[:size])
+        plays = file_output.playable_seconds(cut)
+        shown: set[int] = set()
+        try:
+            with av.open(str(cut)) as container:
+                for frame in container.decode(video=0):
+                    shown.add(round(float(frame.time) * 25))
+        except (av.FFmpegError, OSError):
+            pass  # a cut-off fragment ends the reading
+        expected = set(range(round(plays * 25)))
+        assert expected <= shown, (size, plays, sorted(expected - shown))
+        cuts_that_play += plays > 0
+        holes_seen += bool(shown) and len(shown) <= max(shown)
+    assert cuts_that_play > 80
+    assert holes_seen > 0  # some cuts did leave frames after a hole: the case this guards against happened

@@ -271,9 +271,9 @@ class FileOutput:
 
 
 def playable_seconds(path: Path) -> float:
-    """How far a (possibly cut-off) video file plays: the end of the last frame that decodes. Only the packets
-    are read up to the last keyframe, and decoded from there (frames cut off from a reference they need, the
-    B-frames of a fragment whose next one is missing, do not play)."""
+    """How far a (possibly cut-off) video file plays without a hole: the end of the last frame before the first
+    one that does not decode. Only the packets are read up to the last keyframe, and decoded from there (frames
+    cut off from a reference they need, the B-frames of a fragment whose next one is missing, do not play)."""
     import av
 
     keyframe: int | None = None
@@ -288,19 +288,31 @@ def playable_seconds(path: Path) -> float:
         pass  # a cut-off fragment ends the reading: what came before it is there
     if keyframe is None:
         return 0.0
-    end = 0.0
+    spans: list[tuple[int, int]] = []
+    time_base = None
     try:
         with av.open(str(path)) as container:
             video = container.streams.video[0]
+            time_base = video.time_base
             container.seek(keyframe, stream=video, backward=True, any_frame=False)
             for frame in container.decode(video):
                 if frame.pts is not None:
-                    duration = frame.duration or (1 / video.average_rate / video.time_base if video.average_rate
-                                                  else 0)
-                    end = max(end, float((frame.pts + duration) * video.time_base))
+                    duration = frame.duration or (round(1 / video.average_rate / video.time_base)
+                                                  if video.average_rate else 1)
+                    spans.append((frame.pts, duration))
     except (OSError, av.FFmpegError, ValueError):
         pass
-    return end
+    if not spans or time_base is None:
+        return 0.0
+    # A fragment cut off mid-write can hold a P-frame without the B-frames shown before it: the file plays
+    # without a hole only up to the first missing frame.
+    spans.sort()
+    end = spans[0][0] + spans[0][1]
+    for pts, duration in spans[1:]:
+        if pts > end + duration // 2:
+            break
+        end = max(end, pts + duration)
+    return float(end * time_base)
 
 
 def _reason(error: BaseException) -> str:
