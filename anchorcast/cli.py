@@ -184,10 +184,12 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     console.print(metrics_table(report))
-    failed = report.get("failed_outputs", {})
+    failed, resumed = report.get("failed_outputs", {}), report.get("resumed_outputs", {})
     for label, stage in profile.outputs.items():
         if label in failed:
             console.print(f"[red]output {escape(label)} failed:[/] {escape(failed[label])}", highlight=False)
+            if label in resumed:
+                console.print(f"output {escape(label)} came back: {escape(resumed[label])}", highlight=False)
         elif stage.use == "file":
             console.print(f"wrote [bold]{stage.settings['path']}[/] ({report['media_seconds']:.2f} s)", highlight=False)
     if args.metrics:

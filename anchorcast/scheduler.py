@@ -25,6 +25,7 @@ from typing import Any
 
 from anchorcast.clock import MediaClock
 from anchorcast.components import LipEngine, Output, Source, Voice
+from anchorcast.delivery import Delivering
 from anchorcast.errors import AnchorcastError
 from anchorcast.feeder import Feeding
 from anchorcast.media import (
@@ -32,12 +33,12 @@ from anchorcast.media import (
     Event,
     Image,
     Interrupt,
-    OutputState,
     Overrun,
     StreamFormat,
     VideoFrame,
 )
 from anchorcast.metrics import RunMetrics
+from anchorcast.output_recovery import OutputRecovery
 from anchorcast.pacing import POLL_S, BatchLatency, OverrunPolicy, SchedulerConfig, choose_batch
 from anchorcast.renderer import Rendering
 from anchorcast.resampling import Resampler
@@ -52,7 +53,7 @@ WORKER_JOIN_S = 60.0
 batch); a stage still busy then is left running, and the host does not close what it uses."""
 
 
-class Scheduler(Feeding, Rendering):
+class Scheduler(Feeding, Rendering, Delivering):
     """Runs one stream: ``source -> voice -> timeline -> engine -> outputs``.
 
     ``emit`` receives events as they air; ``on_metrics`` about once a second; ``on_progress(aired, total)``
@@ -108,7 +109,9 @@ class Scheduler(Feeding, Rendering):
         self._starts: list[Event] = []  # a source's start marks, placed where its next audio begins
         self._underran = False  # the live playout ran out of audio and padded silence
         self.failed_outputs: dict[str, str] = {}
-        self._closers: list[tuple[Output, threading.Thread]] = []
+        """Every output that failed during the run, with why (kept when it resumes: the run had a gap)."""
+        self.resumed_outputs: dict[str, str] = {}
+        self._recovery = OutputRecovery(self._stop)
 
     # --- public ------------------------------------------------------------------------------------------
 
@@ -202,22 +205,6 @@ class Scheduler(Feeding, Rendering):
         self._finish_outputs()
         self._on_metrics(self.report())
 
-    def _finish_outputs(self) -> None:
-        """The stream is over: outputs with an optional ``finish()`` complete their work (a recogniser's last
-        phrase), and the events that produces are dispatched before the outputs are closed."""
-        for name, output in list(self.outputs):
-            finish = getattr(output, "finish", None)
-            if finish is None:
-                continue
-            try:
-                finish()
-            except Exception as error:
-                self._output_failed(name, output, error)
-        with self._frames_cond:
-            pending, self._pending_events = self._pending_events, []
-        for event in pending:
-            self._dispatch(event)
-
     def _start_clock(self) -> bool:
         while not self.timeline.wait_for_any(POLL_S):
             if self._stop.is_set():
@@ -281,13 +268,7 @@ class Scheduler(Feeding, Rendering):
         start, end = self.clock.frame_start(index), self.clock.frame_end(index)
         audio = AudioChunk(self.timeline.read(start, end), self.fmt.sample_rate, start)
         frame = VideoFrame(image, index, self.fmt.fps)
-        for name, output in list(self.outputs):
-            began = time.perf_counter()
-            try:
-                output.write(frame, audio)
-            except Exception as error:
-                self._output_failed(name, output, error)
-            self.metrics.observe(f"output:{name}", (time.perf_counter() - began) * 1000)
+        self._deliver(frame, audio)
         with self._frames_cond:
             pending, self._pending_events = self._pending_events, []
         for event in [*pending, *self.timeline.events_between(start, end)]:
@@ -316,53 +297,14 @@ class Scheduler(Feeding, Rendering):
             report["outputs"] = extra
         if self.failed_outputs:
             report["failed_outputs"] = dict(self.failed_outputs)
+        if self.resumed_outputs:
+            report["resumed_outputs"] = dict(self.resumed_outputs)
         return report
 
     def post_event(self, event: Event) -> None:
         """Queues an event from any thread (an ASR worker, a control API); it is dispatched with the next frame."""
         with self._frames_cond:
             self._pending_events.append(event)
-
-    def _dispatch(self, event: Event) -> None:
-        """Events go to outputs that take them (an optional ``event(event)`` method), then to the event hook."""
-        for name, output in list(self.outputs):
-            handler = getattr(output, "event", None)
-            if handler is None:
-                continue
-            try:
-                handler(event)
-            except Exception as error:
-                self._output_failed(name, output, error)
-        self._emit(event)
-
-    def _output_failed(self, name: str, output: Output, error: Exception) -> None:
-        """A failing output is dropped from the stream and the others go on; the last one's failure ends the run.
-
-        It is closed on a thread of its own (a close that hangs on a dead network must not stall the frames on
-        air); :meth:`closed_outputs` tells the host, which then waits for that close instead of closing again.
-        """
-        self.metrics.count(f"output_failed:{name}")
-        if len(self.outputs) == 1:
-            raise error
-        described = str(error) if isinstance(error, AnchorcastError) else f"{type(error).__name__}: {error}"
-        log.error("output %s failed and was taken off the stream: %s", name, described)
-        self.outputs = [(n, o) for n, o in self.outputs if o is not output]
-        self.failed_outputs[name] = described
-        self.post_event(OutputState(self.clock.frame_pts(self._next_to_air), name, "failed", str(error)))
-        closer = threading.Thread(target=_close_quietly, args=(name, output), name=f"anchorcast-close-{name}",
-                                  daemon=True)
-        self._closers.append((output, closer))
-        closer.start()
-
-    def closed_outputs(self, timeout: float = 10.0) -> list[Output]:
-        """Outputs the scheduler took off the stream and closed itself, once their closes have finished (or
-        ``timeout`` passed: a close that hangs is left to its thread and logged)."""
-        deadline = time.monotonic() + timeout
-        for output, closer in self._closers:
-            closer.join(max(0.0, deadline - time.monotonic()))
-            if closer.is_alive():
-                log.error("closing the failed output %s did not finish in %.0f s", type(output).__name__, timeout)
-        return [output for output, _ in self._closers]
 
     # --- threads -------------------------------------------------------------------------------------------
 
@@ -405,13 +347,6 @@ class Scheduler(Feeding, Rendering):
     def _raise_worker_error(self) -> None:
         if self._errors:
             raise self._errors[0]
-
-
-def _close_quietly(name: str, output: Output) -> None:
-    try:
-        output.close()
-    except Exception:  # already failing: its close error adds nothing
-        log.debug("closing the failed output %s also failed", name, exc_info=True)
 
 
 _FEEDER, _RENDERER = "anchorcast-feeder", "anchorcast-renderer"

@@ -17,6 +17,7 @@ from anchorcast.errors import InputError
 from anchorcast.host import Host
 from anchorcast.media import AudioChunk, StreamFormat, VideoFrame
 from anchorcast_plugins.outputs import file_output
+from anchorcast_plugins.outputs.file_health import playable_seconds
 from anchorcast_plugins.outputs.file_output import FileOutput
 from tests.components import RecordingPlugin
 from tests.conftest import make_profile
@@ -334,10 +335,12 @@ def test_a_file_cut_off_anywhere_plays_without_a_hole_up_to_what_playable_second
     cut = tmp_path / "cut.mp4"
     holes_seen = cuts_that_play = 0
     with av.open(str(full)) as container:  # cut just after each video packet: the points a kill can leave
-        ends = [packet.pos + packet.size for packet in container.demux(video=0) if packet.pos is not None]
+        packets = [packet for packet in container.demux(video=0) if packet.pos is not None]
+    ends = [packet.pos + packet.size for packet in packets]  # and inside each, cut off while it was written
+    ends += [packet.pos + packet.size // 2 for packet in packets]
     for size in ends:
         cut.write_bytes(data[:size])
-        plays = file_output.playable_seconds(cut)
+        plays = playable_seconds(cut)
         shown: set[int] = set()
         try:
             with av.open(str(cut)) as container:
@@ -347,7 +350,9 @@ def test_a_file_cut_off_anywhere_plays_without_a_hole_up_to_what_playable_second
             pass  # a cut-off fragment ends the reading
         expected = set(range(round(plays * 25)))
         assert expected <= shown, (size, plays, sorted(expected - shown))
+        without_a_hole = next(index for index in range(len(shown) + 1) if index not in shown)
+        assert round(plays * 25) == without_a_hole, (size, plays)  # and it plays no less than that
         cuts_that_play += plays > 0
         holes_seen += bool(shown) and len(shown) <= max(shown)
-    assert cuts_that_play > 80
+    assert cuts_that_play > 160
     assert holes_seen > 0  # some cuts did leave frames after a hole: the case this guards against happened

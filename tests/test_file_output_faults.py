@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import pytest
 
-from anchorcast_plugins.outputs.file_output import playable_seconds
+from anchorcast_plugins.outputs.file_health import playable_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +109,45 @@ def test_a_run_killed_mid_file_leaves_a_file_that_plays_up_to_its_last_complete_
     assert plays >= 3.0
     frames, last = decoded_frames(target)
     assert frames >= round(plays * 25) - 2 and last >= plays - 0.2, (frames, last, plays)
+
+
+def test_once_the_disk_has_room_again_the_recording_goes_on_in_a_second_part(tmp_path: Path) -> None:
+    """A long-running stream loses only the outage: the file output is taken off at the full disk, and once the
+    disk is freed it goes on in NAME-part2.mp4 while the backup file (another disk) has every frame."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("this test mounts a small tmpfs: it needs unshare (util-linux) and root, as CI has")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+mount -t tmpfs -o size=24m tmpfs {disk} || exit 99
+dd if=/dev/zero of={disk}/filler bs=1k count=$((24 * 1024 - 450)) 2>/dev/null
+cd {tmp_path}
+COLUMNS=160 {sys.executable} -m anchorcast run --text "{BULLETIN}" --out {disk}/bulletin.mp4 \
+    --set scheduler.pace=realtime --set outputs.backup.use=file --set outputs.backup.path={tmp_path}/backup.mp4 \
+    --metrics {tmp_path}/m.json > {tmp_path}/run.txt 2>&1 &
+run=$!
+for i in $(seq 600); do grep -q "disk full" {tmp_path}/run.txt && break; sleep 0.1; done
+rm {disk}/filler
+wait $run
+echo $? > {tmp_path}/rc
+cp {disk}/*.mp4 {tmp_path}/
+"""
+    subprocess.run(["unshare", "-m", "bash", "-c", script], check=True, timeout=300)
+    output = (tmp_path / "run.txt").read_text()
+    flat = " ".join(output.split())
+    assert int((tmp_path / "rc").read_text()) == 3, output  # the file had a gap: the run says an output failed
+    assert "Traceback" not in output, output
+    assert f"came back: recording continues in {disk}/bulletin-part2.mp4" in flat, output
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert "disk full" in report["failed_outputs"]["file"] and "part2" in report["resumed_outputs"]["file"]
+    lost = report["outputs"]["file"]["frames_lost"]
+    assert 0 < lost < 6 * 25, (lost, output)  # the unflushed fragment, and until the filler went and a retry (2 s) found room
+    first, _ = decoded_frames(tmp_path / "bulletin.mp4")
+    second, second_last = decoded_frames(tmp_path / "bulletin-part2.mp4")
+    backup, _ = decoded_frames(tmp_path / "backup.mp4")
+    assert backup == report["frames"]
+    assert first + lost + second == report["frames"], (first, lost, second, report["frames"])
+    assert abs(second_last - (second - 1) / 25) < 0.01  # the second part is timed from its own start
+    with av.open(str(tmp_path / "bulletin-part2.mp4")) as container:
+        audio = container.streams.audio[0]
+        assert audio.duration is not None and abs(float(audio.duration * audio.time_base) - second / 25) < 0.15

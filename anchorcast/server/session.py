@@ -286,7 +286,7 @@ class Session:
         report = scheduler.report() if scheduler is not None and self.running else self.report
         latency = report.get("stages", {}).get("audio_to_air", {})
         outputs = []
-        failed = set(report.get("failed_outputs", {}))
+        failed = set(report.get("failed_outputs", {})) - set(report.get("resumed_outputs", {}))
         for label, stage in self.profile.outputs.items():
             outputs.append({"name": label, "use": stage.use, "state": "failed" if label in failed else
                             ("open" if self.running else self.state),

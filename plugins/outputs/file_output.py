@@ -5,13 +5,15 @@ file keeps the timeline's A/V sync exactly. MP4 and MOV are written fragmented (
 to the file as it is complete), so the file plays at every moment: after a full disk, a kill -9 or a power cut it
 plays up to its last complete second. :meth:`FileOutput.close` (which the host calls on every exit, Ctrl-C
 included) flushes both encoders and the last fragment. A write that fails (a full disk, a folder removed or made
-read-only) is reported as what it is, with how much of the file plays (measured by reading it back).
+read-only) is reported as what it is, with how much of the file plays (measured by reading it back); once the
+disk has room again the recording goes on in a new part (``NAME-part2.mp4``, timed from its own start), so a
+long-running session loses only the frames of the outage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +25,7 @@ from anchorcast import hookimpl
 from anchorcast.components import Setting
 from anchorcast.errors import AnchorcastError, InputError
 from anchorcast.media import AudioChunk, FloatAudio, StreamFormat, VideoFrame
+from anchorcast_plugins.outputs.file_health import describe_write_failure, playable_seconds, reason
 
 if TYPE_CHECKING:
     import av.container
@@ -44,12 +47,8 @@ FRAGMENTED = {
     "flush_packets": "1",
 }  # fmt: skip
 
-WRITE_FAILURES = {
-    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "the disk became read-only",
-    errno.ENOENT: "the folder was removed", errno.ESTALE: "the folder was removed",
-    errno.EACCES: "permission to write was taken away", errno.EPERM: "permission to write was taken away",
-    errno.EIO: "an input/output error (a failing disk or a lost network share)",
-}  # fmt: skip
+RESUME_FREE_BYTES = 16 << 20
+"""Room a disk must have again before a recording that filled it goes on: less would fill again at once."""
 
 AAC_MAX_BITS_PER_SAMPLE = 6
 """The AAC encoder's ceiling per channel (6144 bits per 1024-sample frame); above it ffmpeg clamps and warns."""
@@ -69,9 +68,21 @@ class FileOutput:
     live = False
 
     def __init__(
-        self, path: Path, *, preset: str = "veryfast", crf: int = 20, audio_bitrate: int = 128000
+        self, path: Path, *, preset: str = "veryfast", crf: int = 20, audio_bitrate: int = 128000,
+        resume: bool = True,
     ) -> None:
         self.path = Path(path)
+        """The file being written (``NAME-partN`` after a resume)."""
+        self.first_path = self.path
+        self.resume_after_failure = resume
+        self.part = 1
+        self.frames_lost = 0
+        """Frames in no part: those of a failed part that do not play, and those until the next part began."""
+        self._index_offset = 0  # a resumed part's timestamps start at 0 from its first frame and sample
+        self._sample_offset = 0
+        self._resumed = False
+        self._kept_until = 0  # after a failure: the first frame index the failed part does not play
+        self._fmt: StreamFormat | None = None
         self.preset = preset
         self.crf = crf
         self.audio_bitrate = audio_bitrate
@@ -110,13 +121,13 @@ class FileOutput:
             container = av.open(str(self.path), "w", format=container_format,
                                 options=FRAGMENTED if container_format in ("mp4", "mov") else {"flush_packets": "1"})
         except (OSError, av.FFmpegError) as error:
-            raise InputError(f"output file {self.path} cannot be written: {_reason(error)}") from error
+            raise InputError(f"output file {self.path} cannot be written: {reason(error)}") from error
         try:
             self._add_streams(container, fmt)
             container.start_encoding()  # opens the encoders and the file now, so that problems show at open
         except (OSError, av.FFmpegError) as error:
             container.close()
-            raise InputError(f"output file {self.path} cannot be written: {_reason(error)}") from error
+            raise InputError(f"output file {self.path} cannot be written: {reason(error)}") from error
         self._container = container
         self._fmt = fmt
         self._video_time_base = 1 / Fraction(fmt.fps)
@@ -172,7 +183,11 @@ class FileOutput:
 
         conversion = cv2.COLOR_RGB2YUV_I420 if image.shape[2] == 3 else cv2.COLOR_RGBA2YUV_I420
         picture = av.VideoFrame.from_ndarray(cv2.cvtColor(image, conversion), format="yuv420p")
-        picture.pts = frame.index
+        if self._resumed:
+            self._resumed = False
+            self.frames_lost += frame.index - self._index_offset
+            self._index_offset, self._sample_offset = frame.index, audio.start
+        picture.pts = frame.index - self._index_offset
         picture.time_base = self._video_time_base
         try:
             self._container.mux(self._video.encode(picture))
@@ -184,13 +199,40 @@ class FileOutput:
             raise AnchorcastError(self.failure) from None
         self.last_write_ms = (time.perf_counter() - started) * 1000
 
+    def resume(self) -> str | None:
+        """After a failed write (the scheduler asks every few seconds): once the folder is there and its disk has
+        :data:`RESUME_FREE_BYTES` free, opens the next part, which starts with the next frame. ``None`` while
+        it cannot (a folder that was removed is not made again: it may have been a share that went away)."""
+        if not self.resume_after_failure or self.failure is None or self._fmt is None:
+            return None
+        try:
+            if shutil.disk_usage(self.first_path.parent).free < RESUME_FREE_BYTES:
+                return None
+        except OSError:
+            return None
+        failed_path = self.path
+        self.path = self.first_path.with_name(f"{self.first_path.stem}-part{self.part + 1}{self.first_path.suffix}")
+        try:
+            self.open(self._fmt)
+        except InputError:
+            self.path = failed_path
+            return None
+        self.part += 1
+        self._resumed, self._index_offset = True, self._kept_until  # lost: every frame the failed part lacks
+        return f"recording continues in {self.path}"
+
+    def metrics(self) -> dict[str, Any]:
+        return {"parts": self.part, "frames_lost": self.frames_lost, "path": str(self.path)}
+
     def _describe_failure(self, error: BaseException) -> str:
         """What stopped the writing, when, and how much of the file plays (read back from the disk now)."""
         seconds = self.frames_written / float(self._fmt.fps)
-        what = WRITE_FAILURES.get(getattr(error, "errno", None) or 0, f"writing failed ({_reason(error)})")
+        what = describe_write_failure(error)
+        self._kept_until = self._index_offset
         if not self.path.exists():
             return f"{what} writing {self.path} after {seconds:.1f} s; the file is gone with its folder"
         plays = playable_seconds(self.path)
+        self._kept_until = self._index_offset + round(plays * self._fmt.fps)
         return (f"{what} writing {self.path} after {seconds:.1f} s; the file plays up to {plays:.1f} s"
                 if plays > 0 else f"{what} writing {self.path} after {seconds:.1f} s; nothing in the file plays")
 
@@ -217,7 +259,7 @@ class FileOutput:
                 container.close()  # writes the index even when flushing failed
         except (OSError, av.FFmpegError) as error:
             raise AnchorcastError(
-                f"output file {self.path}: finishing the file failed: {_reason(error)}"
+                f"output file {self.path}: finishing the file failed: {reason(error)}"
             ) from error
         finally:
             if not self.frames_written:
@@ -262,62 +304,12 @@ class FileOutput:
             block = queued[offset : offset + frame_size]
             frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="fltp", layout="mono")
             frame.sample_rate = self._fmt.sample_rate
-            frame.pts = position + offset
+            frame.pts = position + offset - self._sample_offset
             frame.time_base = self._audio_time_base
             self._container.mux(self._audio.encode(frame))
         rest = queued[whole:]
         self._pending_audio = [rest] if len(rest) else []
         self._pending_samples = len(rest)
-
-
-def playable_seconds(path: Path) -> float:
-    """How far a (possibly cut-off) video file plays without a hole: the end of the last frame before the first
-    one that does not decode. Only the packets are read up to the last keyframe, and decoded from there (frames
-    cut off from a reference they need, the B-frames of a fragment whose next one is missing, do not play)."""
-    import av
-
-    keyframe: int | None = None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return 0.0
-            for packet in container.demux(container.streams.video[0]):
-                if packet.is_keyframe and packet.pts is not None:
-                    keyframe = packet.pts
-    except (OSError, av.FFmpegError, ValueError):
-        pass  # a cut-off fragment ends the reading: what came before it is there
-    if keyframe is None:
-        return 0.0
-    spans: list[tuple[int, int]] = []
-    time_base = None
-    try:
-        with av.open(str(path)) as container:
-            video = container.streams.video[0]
-            time_base = video.time_base
-            container.seek(keyframe, stream=video, backward=True, any_frame=False)
-            for frame in container.decode(video):
-                if frame.pts is not None:
-                    duration = frame.duration or (round(1 / video.average_rate / video.time_base)
-                                                  if video.average_rate else 1)
-                    spans.append((frame.pts, duration))
-    except (OSError, av.FFmpegError, ValueError):
-        pass
-    if not spans or time_base is None:
-        return 0.0
-    # A fragment cut off mid-write can hold a P-frame without the B-frames shown before it: the file plays
-    # without a hole only up to the first missing frame.
-    spans.sort()
-    end = spans[0][0] + spans[0][1]
-    for pts, duration in spans[1:]:
-        if pts > end + duration // 2:
-            break
-        end = max(end, pts + duration)
-    return float(end * time_base)
-
-
-def _reason(error: BaseException) -> str:
-    reason = getattr(error, "strerror", None) or str(error)
-    return reason[:1].lower() + reason[1:]
 
 
 def _make_output(host: Host, settings: dict[str, Any]) -> FileOutput:
@@ -327,6 +319,7 @@ def _make_output(host: Host, settings: dict[str, Any]) -> FileOutput:
         preset=settings["preset"],
         crf=settings["crf"],
         audio_bitrate=settings["audio_bitrate"],
+        resume=settings["resume"],
     )
 
 
@@ -350,6 +343,10 @@ def anchorcast_register_outputs(host: Host, register: Any) -> None:
             ),
             "audio_bitrate": Setting(
                 int, 128000, help="AAC bit rate in bits per second", minimum=8000, maximum=512000
+            ),
+            "resume": Setting(
+                bool, True, help="after a full disk, go on in NAME-part2.mp4 (and so on) once the disk has room "
+                "again (with other outputs on the stream; a run whose only output fails ends)"
             ),
         },
         summary="writes the anchor to an H.264 + AAC video file (MP4)",
