@@ -184,8 +184,13 @@ class RtmpReader:
     sending when the publisher arrives. ``decode`` also decodes frames and audio (cheap at small sizes).
     """
 
-    def __init__(self, url: str, *, decode: bool = True, open_s: float = 60.0, idle_s: float = 3.0) -> None:
+    def __init__(self, url: str, *, decode: bool = True, open_s: float = 60.0, idle_s: float = 3.0,
+                 probe_s: float = 0.15) -> None:
         self.url = url
+        self.probe_s = probe_s
+        """How long the opening probes for streams: a player joining a stream already on air gets its video
+        from the next keyframe (the RTMP output's keyframes are 2 s apart), so it needs a longer probe than
+        one started before the publisher."""
         self.decode = decode
         self.open_s = open_s
         self.idle_s = idle_s
@@ -207,9 +212,9 @@ class RtmpReader:
 
         got = self.received
         try:
-            # a short probe (0.15 s of stream, time enough to see both streams appear): av.open returns soon
-            # after the stream starts, so the arrival times of all but the first few packets are real
-            options = {"analyzeduration": "150000"}
+            # a short probe by default (0.15 s of stream, time enough to see both streams appear): av.open
+            # returns soon after the stream starts, so the arrival times of all but the first few packets are real
+            options = {"analyzeduration": str(round(self.probe_s * 1e6))}
             with av.open(self.url, timeout=(self.open_s, self.idle_s), options=options) as container:
                 got.opened_at = time.monotonic()
                 video = container.streams.video[0] if container.streams.video else None

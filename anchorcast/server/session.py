@@ -7,6 +7,7 @@ run happens on the session's own thread; the API's calls (say, audio, interrupt,
 
 from __future__ import annotations
 
+import glob
 import logging
 import threading
 import time
@@ -272,10 +273,14 @@ class Session:
     # --- what the API shows ----------------------------------------------------------------------------------
 
     def files(self) -> list[Path]:
-        """The files the session's outputs write (those that exist)."""
+        """The files the session's outputs write (those that exist), with the parts a recording went on in
+        after a full disk (``NAME-part2.mp4``, ...)."""
         paths = [Path(str(stage.settings["path"])) for stage in self.profile.outputs.values()
                  if isinstance(stage.settings.get("path"), (str, Path))]
-        return [path for path in paths if path.exists()]
+        parts = [part for path in paths
+                 for part in sorted(path.parent.glob(f"{glob.escape(path.stem)}-part*{glob.escape(path.suffix)}"),
+                                    key=lambda p: (len(p.name), p.name))]
+        return [path for path in [*paths, *parts] if path.exists()]
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "profile": str(self.profile.path.stem if self.profile.path else ""),
