@@ -159,6 +159,12 @@ class Output(Protocol):
     def close(self) -> None: ...
 
 
+def component_name(component: object, names: Mapping[int, str]) -> str:
+    """What events and logs call a component: the name its profile stage uses (``piper``, ``viseme``), from
+    ``names`` (by ``id``, as the host opened them), else its own ``component_name``, else its class's name."""
+    return names.get(id(component)) or getattr(component, "component_name", None) or type(component).__name__
+
+
 def resolve_path(value: str, base: Path) -> Path:
     """A profile path: ``~`` expanded, relative paths taken from the profile's folder."""
     path = Path(value).expanduser()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from anchorcast.components import component_name
 from anchorcast.errors import AnchorcastError
 from anchorcast.media import (
     AudioChunk,
@@ -53,6 +54,7 @@ class Feeding:
     voice: Voice | None
     voice_fallback: Voice | None
     _failed_voice: Voice | None
+    _names: Mapping[int, str]
     engine: LipEngine
     _resample: Resampler
     _stop: threading.Event
@@ -185,7 +187,7 @@ class Feeding:
         """The fallback voice reads the rest of the utterance (of a script: the rest of the run); reported once,
         with the reason."""
         assert self.voice is not None and self.voice_fallback is not None
-        failed, fallback = type(self.voice).__name__, type(self.voice_fallback).__name__
+        failed, fallback = component_name(self.voice, self._names), component_name(self.voice_fallback, self._names)
         detail = str(error) or type(error).__name__
         log.error("the voice %s failed (%s); %s reads the rest of the utterance", failed, detail, fallback)
         self.metrics.count("voice_failures")

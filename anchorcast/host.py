@@ -39,6 +39,9 @@ class Host:
         self.scheduler: Scheduler | None = None
         self.last_report: dict[str, Any] = {}
         self.event_failures = 0
+        self.component_names: dict[int, str] = {}
+        """The profile's name (``stage.use``) of each component this host built, by ``id``: what events call it."""
+        self._built: list[Any] = []
         self.session: str | None = None
         self.overlay: dict[str, Any] | None = None
         """A studio-server session's overlay page: ``{"url", "width", "height"}``."""
@@ -85,7 +88,10 @@ class Host:
         if component is None:  # validated profiles never get here
             raise AnchorcastError(f"[{stage.table}] unknown {stage.kind} {stage.use!r}")
         with _missing_packages_explained(stage, component.plugin):
-            return component.factory(self, dict(stage.settings))
+            built = component.factory(self, dict(stage.settings))
+        self._built.append(built)  # held, so that no other object takes its id while this host names it
+        self.component_names[id(built)] = stage.use
+        return built
 
     # --- events --------------------------------------------------------------------------------------------
 
@@ -159,9 +165,10 @@ class Host:
                 except AnchorcastError as error:  # a model that will not load: the fallback reads the script
                     if voice_fallback is None:
                         raise
+                    fallback_name = profile.voice_fallback.use if profile.voice_fallback else ""
                     log.error("the voice %s did not open (%s); %s reads instead", profile.voice.use, error,
-                              type(voice_fallback).__name__)
-                    voice_failed = VoiceFailed(0.0, profile.voice.use, type(voice_fallback).__name__, str(error))
+                              fallback_name)
+                    voice_failed = VoiceFailed(0.0, profile.voice.use, fallback_name, str(error))
                     voice = voice_fallback
             if engine is not None:
                 self._open_given(engine, fmt, opened)
@@ -183,7 +190,7 @@ class Host:
 
             scheduler = self.scheduler = Scheduler(
                 fmt, config, source, voice, engine, outputs,
-                fallback=fallback, voice_fallback=voice_fallback, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
+                fallback=fallback, voice_fallback=voice_fallback, names=self.component_names, emit=self.emit, on_metrics=metrics, on_progress=on_progress,
             )
             if voice_failed is not None:
                 scheduler.post_event(voice_failed)

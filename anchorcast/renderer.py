@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from anchorcast.components import FrameJob, LipEngine
+from anchorcast.components import FrameJob, LipEngine, component_name
 from anchorcast.errors import AnchorcastError
 from anchorcast.media import EngineFailed, Event, Image
 from anchorcast.pacing import POLL_S, BatchLatency, choose_batch
@@ -39,6 +40,7 @@ class Rendering:
     engine: LipEngine
     fallback: LipEngine | None
     outputs: list[tuple[str, Output]]
+    _names: Mapping[int, str]
     _latency: BatchLatency
     _stop: threading.Event
     _frames: dict[int, Image]
@@ -125,7 +127,7 @@ class Rendering:
 
     def _engine_failed(self, error: Exception) -> None:
         """The engine raised: the fallback engine draws the rest of the run (reported once, with the reason)."""
-        failed, fallback = type(self.engine).__name__, type(self.fallback).__name__
+        failed, fallback = component_name(self.engine, self._names), component_name(self.fallback, self._names)
         detail = str(error) if isinstance(error, AnchorcastError) else f"{type(error).__name__}: {error}"
         log.error("the lip engine %s failed (%s); %s draws the rest of the run", failed, detail, fallback)
         self.metrics.count("engine_failures")

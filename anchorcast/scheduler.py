@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from anchorcast.clock import MediaClock
@@ -71,6 +71,7 @@ class Scheduler(Feeding, Rendering, Delivering):
         *,
         fallback: LipEngine | None = None,
         voice_fallback: Voice | None = None,
+        names: Mapping[int, str] | None = None,
         emit: Callable[[Event], None] = lambda event: None,
         on_metrics: Callable[[dict], None] = lambda report: None,
         on_progress: Callable[[int, int | None], None] = lambda aired, total: None,
@@ -85,6 +86,7 @@ class Scheduler(Feeding, Rendering, Delivering):
         self.source = source
         self.voice, self.voice_fallback = voice, voice_fallback
         self._failed_voice = None
+        self._names = names or {}  # component_name() for events: the profile's names for what the host opened
         self.engine = engine
         self.fallback = fallback
         self.outputs = list(outputs)

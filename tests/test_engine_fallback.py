@@ -77,7 +77,7 @@ def test_the_fallback_engine_draws_the_rest_of_the_run_when_the_engine_fails(hom
     _, plugin, report = run_failing_on_third_batch(tmp_path / "news.mp4", "viseme")
     failures = [e for kind, e in plugin.calls if kind == "event" and isinstance(e, EngineFailed)]
     assert len(failures) == 1, failures
-    assert failures[0].engine == "Wav2LipEngine" and failures[0].fallback == "VisemeEngine"
+    assert failures[0].engine == "wav2lip" and failures[0].fallback == "viseme"
     assert "illegal memory access" in failures[0].detail
     video = decode(tmp_path / "news.mp4")
     assert len(video.frames) == report["frames"] and video.video_seconds > 3  # read to the end

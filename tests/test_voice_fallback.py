@@ -63,7 +63,7 @@ def test_the_fallback_voice_reads_the_rest_of_the_utterance_when_the_voice_fails
     assert len(read) == 1, read  # piper read the first sentence, then failed
     failures = events(plugin, VoiceFailed)
     assert len(failures) == 1, failures
-    assert failures[0].voice == "PiperSpeechVoice" and failures[0].fallback == "EspeakVoice"
+    assert failures[0].voice == "piper" and failures[0].fallback == "espeak"
     assert "bad allocation" in failures[0].detail
     captions = " ".join(c.text for c in events(plugin, Caption) if c.final)
     for sentence in (FIRST, SECOND, THIRD):  # each read once: nothing lost, nothing repeated
@@ -83,7 +83,7 @@ def test_a_voice_model_that_will_not_load_gives_the_script_to_the_fallback(tmp_p
     host = Host.create(PluginPolicy(), extra_plugins=(plugin,))
     report = host.run(host.load_profile(None, raw=raw))
     failures = events(plugin, VoiceFailed)
-    assert len(failures) == 1 and failures[0].voice == "piper" and failures[0].fallback == "EspeakVoice"
+    assert len(failures) == 1 and failures[0].voice == "piper" and failures[0].fallback == "espeak"
     captions = " ".join(c.text for c in events(plugin, Caption) if c.final)
     assert all(s.rstrip(".") in captions for s in (FIRST, SECOND, THIRD)), captions
     assert decode(tmp_path / "news.mp4").audio_seconds > 3.0 and report["frames"] > 75

@@ -52,6 +52,11 @@ class VoiceRouter:
         self._voices: dict[str, Any] = {}
         self._fmt: StreamFormat | None = None
 
+    @property
+    def component_name(self) -> str:
+        """Events name the router by the session's own voice."""
+        return self._default_stage.use
+
     def open(self, fmt: StreamFormat) -> None:
         self._fmt = fmt
         self._voices[""] = self._opened(self._default_stage)
