@@ -133,6 +133,18 @@ class PulseAudio:
                                 timeout=timeout, check=True)
         return result.stdout
 
+    def remove_sink(self) -> None:
+        """Unloads the null sink (and so its monitor, the microphone the tests record): what unplugging a USB
+        microphone does to its source."""
+        module = next(line.split()[0] for line in self.pactl("list", "short", "modules").splitlines()
+                      if "module-null-sink" in line)
+        self.pactl("unload-module", module)
+
+    def restore_sink(self) -> None:
+        """Loads the null sink again if it is not there (after :meth:`remove_sink`)."""
+        if not any(SINK in line for line in self.pactl("list", "short", "sinks").splitlines()):
+            self.pactl("load-module", "module-null-sink", f"sink_name={SINK}", f"rate={RATE}")
+
     def player(self, rate: int = RATE, latency_ms: int = 20) -> Player:
         """A running ``pacat`` into the sink, waiting for samples: write to it when the sound should start (the
         client is connected by then, so its start-up time is not part of a latency measurement)."""

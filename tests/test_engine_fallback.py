@@ -4,12 +4,10 @@ driver error or a lost device would raise), and the real viseme engine taking ov
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from anchorcast.errors import AnchorcastError
 from anchorcast.host import Host
@@ -18,6 +16,7 @@ from anchorcast.plugin_manager import PluginPolicy
 from tests.components import RecordingPlugin
 from tests.mp4 import decode, lag_of_best_correlation
 from tests.test_cli_run import mouth_motion
+from tests.wav2lip_inputs import random_weights_home
 
 pytestmark = pytest.mark.slow
 
@@ -26,24 +25,9 @@ TEXT = "Good evening. Here is the news, read to the end whatever the engine does
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from safetensors.torch import save_file
-
-    from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
-
-    root = tmp_path_factory.mktemp("anchorcast-home")
-    torch.manual_seed(0)
-    checkpoint = root / "generator.safetensors"
-    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(checkpoint))
-    previous = os.environ.get("ANCHORCAST_HOME")
-    os.environ["ANCHORCAST_HOME"] = str(root)
-    from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
-
-    import_weights(checkpoint, "test-gen")
-    yield root
-    if previous is None:
-        del os.environ["ANCHORCAST_HOME"]
-    else:
-        os.environ["ANCHORCAST_HOME"] = previous
+    """An ANCHORCAST_HOME with random generator weights imported as "test-gen"."""
+    with random_weights_home(tmp_path_factory.mktemp("anchorcast-home")) as root:
+        yield root
 
 
 def run_failing_on_third_batch(out: Path, fallback: str) -> tuple[Host, RecordingPlugin, dict]:

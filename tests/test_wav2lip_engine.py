@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,30 +20,16 @@ from anchorcast.media import StreamFormat
 from anchorcast_plugins.engines.wav2lip.audio import LOOKBEHIND_SAMPLES, lookahead_samples
 from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
 from tests.mp4 import audio_tail_s, decode
+from tests.wav2lip_inputs import random_weights_home
 
 FMT = StreamFormat(640, 360, Fraction(25), 16000)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """An ANCHORCAST_HOME with random generator weights imported as "test-gen"."""
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("anchorcast-home")
-    torch.manual_seed(0)
-    model = Wav2Lip()
-    checkpoint = root / "generator.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
-    previous = os.environ.get("ANCHORCAST_HOME")
-    os.environ["ANCHORCAST_HOME"] = str(root)
-    from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
-
-    import_weights(checkpoint, "test-gen")
-    yield root
-    if previous is None:
-        del os.environ["ANCHORCAST_HOME"]
-    else:
-        os.environ["ANCHORCAST_HOME"] = previous
+    with random_weights_home(tmp_path_factory.mktemp("anchorcast-home")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
 """Realistic generator inputs cut from the bundled astronaut photo, shared by the backend tests and
-scripts/bench_wav2lip.py."""
+scripts/bench_wav2lip.py; and an ANCHORCAST_HOME holding random generator weights, for the engine tests."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -33,3 +36,29 @@ def avatar_faces(count: int, seed: int = 0, brightness_jitter: float = 0.0) -> n
         masked[:, 48:] = 0
         faces.append(np.concatenate([masked, face]))
     return np.stack(faces).astype(np.float32)
+
+
+@contextmanager
+def random_weights_home(root: Path, name: str = "test-gen") -> Iterator[Path]:
+    """ANCHORCAST_HOME set to ``root`` for the duration, with seeded random Wav2Lip generator weights imported
+    there as ``name`` (the real import path: a safetensors file through the weights store)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
+
+    torch.manual_seed(0)
+    checkpoint = root / "generator.safetensors"
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(checkpoint))
+    previous = os.environ.get("ANCHORCAST_HOME")
+    os.environ["ANCHORCAST_HOME"] = str(root)
+    try:
+        from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
+
+        import_weights(checkpoint, name)
+        yield root
+    finally:
+        if previous is None:
+            del os.environ["ANCHORCAST_HOME"]
+        else:
+            os.environ["ANCHORCAST_HOME"] = previous
