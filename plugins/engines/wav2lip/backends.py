@@ -23,6 +23,7 @@ avatar's frames and speech, the choice, and ``predict(mel, frame_indices)``.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -310,6 +311,20 @@ def openvino_available() -> str | None:
     return None
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The one ``openvino.Core`` of the process, kept for its whole life.
+
+    Each Core's CPU plugin installs its own signal stack (``sigaltstack``) on the thread that first compiles with
+    it, and puts back the one it found when its last compiled model goes. Compiled models from several Cores
+    going in another order than they came (a discarded candidate backend, a rebuilt cache entry) left a freed
+    stack installed, and the next Ctrl-C (a signal handler runs on that stack) crashed the process with SIGSEGV.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def cache_key(backend: str, weights_id: str, avatar_id: str | None, settings: QuantisationSettings) -> str:
     """A short hash of everything the cached model depends on."""
     import openvino as ov
@@ -345,7 +360,6 @@ def build_openvino_backend(
     reason = openvino_available()
     if reason is not None:
         raise InputError(f"backend {backend} needs OpenVINO: {reason}", hint=_INSTALL_HINT)
-    import openvino as ov
 
     settings = settings or QuantisationSettings()
     started = time.perf_counter()
@@ -369,7 +383,7 @@ def build_openvino_backend(
     else:
         config |= {"PERFORMANCE_HINT": "LATENCY"}
     try:
-        compiled = ov.Core().compile_model(ov.Core().read_model(xml), "CPU", config)
+        compiled = openvino_core().compile_model(openvino_core().read_model(xml), "CPU", config)
     except RuntimeError:
         if not cached:
             raise
@@ -401,7 +415,7 @@ def _build_ir(
             quantise_decoder(onnx_path, quantised, calibration, settings)
             onnx_path = quantised
             details |= {"quantise_s": round(time.perf_counter() - started, 2), "calibration": len(calibration)}
-        ir = ov.Core().read_model(onnx_path)
+        ir = openvino_core().read_model(onnx_path)
         temporary = Path(scratch) / "model.xml"
         ov.save_model(ir, temporary, compress_to_fp16=False)
         os.replace(temporary.with_suffix(".bin"), xml.with_suffix(".bin"))
