@@ -41,7 +41,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from anchorcast_plugins.engines.wav2lip import backend_choice as choice
 from anchorcast_plugins.engines.wav2lip import backends as wb
+from anchorcast_plugins.engines.wav2lip import openvino_build as ovb
 from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -243,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         label = name if streams == 1 else f"{name} x{streams}"
         if name in skip or label in skip:
             continue
-        if wb.openvino_available() is not None:
-            notes.append(f"{label}: {wb.openvino_available()}")
+        if ovb.openvino_available() is not None:
+            notes.append(f"{label}: {ovb.openvino_available()}")
             continue
         build_args = {
             "cache_dir": cache,
@@ -253,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             "calibration": calibration,
             "threads": args.threads,
         }
-        backend, info = wb.build_openvino_backend(model, name, streams=streams, **build_args)
+        backend, info = ovb.build_openvino_backend(model, name, streams=streams, **build_args)
         if not info.cached:
             backend.close()
-            backend, warm = wb.build_openvino_backend(model, name, streams=streams, **build_args)
+            backend, warm = ovb.build_openvino_backend(model, name, streams=streams, **build_args)
             notes.append(
                 f"{label}: built in {info.seconds:.1f} s {info.details}, loaded from cache in {warm.seconds:.2f} s"
             )
-        errors[label] = str(wb.prediction_error(reference, backend.predict(mel_np, features)))
+        errors[label] = str(choice.prediction_error(reference, backend.predict(mel_np, features)))
         int8 = name.endswith("int8")
         if streams == 1:
             add_rows(label, decode_flops, int8, lambda b, be=backend: lambda: be.predict(mel_np[:b], feats(b)))

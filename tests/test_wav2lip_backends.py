@@ -18,11 +18,14 @@ import torch
 from torch import nn
 
 from anchorcast.errors import InputError
+from anchorcast_plugins.engines.wav2lip import backend_choice as choice
 from anchorcast_plugins.engines.wav2lip import backends as wb
+from anchorcast_plugins.engines.wav2lip import openvino_build as ovb
+from anchorcast_plugins.engines.wav2lip.devices import select_device
 from anchorcast_plugins.engines.wav2lip.models import ConvBlock, TransposeBlock, Wav2Lip
 from tests.wav2lip_inputs import avatar_faces as shared_avatar_faces
 
-needs_openvino = pytest.mark.skipif(wb.openvino_available() is not None, reason="openvino is not installed")
+needs_openvino = pytest.mark.skipif(ovb.openvino_available() is not None, reason="openvino is not installed")
 
 
 # --- realistic inputs and weights ------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def test_cached_features_decode_equals_the_full_forward() -> None:
     half = wb.encode_features(model, faces, dtype=np.float16)
     assert sum(f[0].nbytes for f in half) == wb.feature_bytes_per_frame(np.float16) == 581_632
     assert wb.feature_bytes_per_frame(np.float32) == 2 * 581_632
-    error = wb.prediction_error(full, backend.predict(mels, half))
+    error = choice.prediction_error(full, backend.predict(mels, half))
     assert error.mean_abs < 2e-3 and error.psnr_db > 45, error  # float16 storage costs next to nothing
 
 
@@ -200,15 +203,15 @@ def test_selecting_frames_and_making_a_calibration_set() -> None:
 
 def test_prediction_error_measures() -> None:
     reference = np.full((1, 3, 96, 96), 100 / 255)
-    same = wb.prediction_error(reference, reference.copy())
+    same = choice.prediction_error(reference, reference.copy())
     assert same.max_abs == 0 and same.mean_abs == 0 and same.psnr_db == float("inf")
     shifted = reference.copy()
     shifted[0, 0] += 4 / 255  # one channel of three, 4 levels off
-    error = wb.prediction_error(reference, shifted)
+    error = choice.prediction_error(reference, shifted)
     assert error.max_abs == pytest.approx(4 / 255) and error.mean_abs == pytest.approx(4 / 255 / 3)
     assert error.psnr_db == pytest.approx(10 * np.log10(255**2 / (16 / 3)), abs=1e-6)
-    broken = wb.prediction_error(reference, reference * np.nan)
-    assert not wb.Tolerance().accepts(broken)
+    broken = choice.prediction_error(reference, reference * np.nan)
+    assert not choice.Tolerance().accepts(broken)
 
 
 def test_missing_openvino_is_a_clear_error_and_choose_backend_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,12 +219,12 @@ def test_missing_openvino_is_a_clear_error_and_choose_backend_falls_back(monkeyp
     torch.manual_seed(0)
     model = Wav2Lip().eval()
     with pytest.raises(InputError, match="backend openvino-int8 needs OpenVINO") as error:
-        wb.build_openvino_backend(model, "openvino-int8", cache_dir=Path("unused"), weights_id="w")
+        ovb.build_openvino_backend(model, "openvino-int8", cache_dir=Path("unused"), weights_id="w")
     assert error.value.hint is not None and "openvino" in error.value.hint
     features = wb.encode_features(model, avatar_faces(2))
     calibration = wb.make_calibration(np.zeros((4, 80, 16), np.float32), features, count=2)
-    chosen, reports = wb.choose_backend(
-        model, calibration, device=wb.select_device("cpu"), cache_dir=Path("unused"), batch_size=1, repeats=1
+    chosen, reports = choice.choose_backend(
+        model, calibration, device=select_device("cpu"), cache_dir=Path("unused"), batch_size=1, repeats=1
     )
     assert chosen.name == "torch-fp32"
     assert [(r.name, r.chosen) for r in reports] == [
@@ -249,7 +252,7 @@ def int8_cache(avatar: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A cache folder holding the int8 model of the trained-like generator, built (cold) here whichever test
     asks first: ``dir``, the ``cold`` backend and its build ``info``."""
     folder = tmp_path_factory.mktemp("w2l-cache")
-    cold, info = wb.build_openvino_backend(avatar["model"], "openvino-int8", cache_dir=folder,
+    cold, info = ovb.build_openvino_backend(avatar["model"], "openvino-int8", cache_dir=folder,
                                            weights_id="w-trained-like", avatar_id="astronaut",
                                            calibration=avatar["calibration"])
     yield {"dir": folder, "cold": cold, "info": info}
@@ -262,7 +265,7 @@ def _predict_all(backend: wb.Backend, pairs: wb.Calibration) -> np.ndarray:
 
 # Measured on this trained-like generator with 24 calibration samples: max 0.06, mean 0.007, PSNR 40 dB (held-out
 # speech and frames). The bounds leave room for other CPUs' kernels.
-INT8_TOLERANCE = wb.Tolerance(mean_abs=0.012, max_abs=0.2, psnr_db=35.0)
+INT8_TOLERANCE = choice.Tolerance(mean_abs=0.012, max_abs=0.2, psnr_db=35.0)
 
 
 @pytest.mark.slow
@@ -281,27 +284,27 @@ def test_int8_matches_fp32_within_tolerance_and_is_cached(avatar: dict, int8_cac
 
     reference = _predict_all(wb.TorchBackend(model), held_out)
     cold_out = _predict_all(cold, held_out)
-    error = wb.prediction_error(reference, cold_out)
+    error = choice.prediction_error(reference, cold_out)
     assert INT8_TOLERANCE.accepts(error), error
     assert error.max_abs > 0  # it really is a different (quantised) model
 
     started = time.perf_counter()
-    warm, warm_info = wb.build_openvino_backend(model, "openvino-int8", **options)
+    warm, warm_info = ovb.build_openvino_backend(model, "openvino-int8", **options)
     warm_seconds = time.perf_counter() - started
     assert warm_info.cached and warm_info.path == cold_info.path
     assert warm_seconds < cold_info.seconds / 2
     np.testing.assert_array_equal(_predict_all(warm, held_out), cold_out)
 
     # another avatar or other weights are another entry; a new backend version invalidates all of them
-    settings = wb.QuantisationSettings()
-    key = wb.cache_key("openvino-int8", "w-trained-like", "astronaut", settings)
+    settings = ovb.QuantisationSettings()
+    key = ovb.cache_key("openvino-int8", "w-trained-like", "astronaut", settings)
     assert key == cold_info.key
-    assert wb.cache_key("openvino-int8", "w-trained-like", "someone-else", settings) != key
-    assert wb.cache_key("openvino-int8", "w-other", "astronaut", settings) != key
-    assert wb.cache_key("openvino-fp32", "w", "a", settings) == wb.cache_key("openvino-fp32", "w", "b", settings)
+    assert ovb.cache_key("openvino-int8", "w-trained-like", "someone-else", settings) != key
+    assert ovb.cache_key("openvino-int8", "w-other", "astronaut", settings) != key
+    assert ovb.cache_key("openvino-fp32", "w", "a", settings) == ovb.cache_key("openvino-fp32", "w", "b", settings)
 
     # two inference streams: same numbers, whether one batch is split across them or batches are submitted
-    streamed, _ = wb.build_openvino_backend(model, "openvino-int8", streams=2, **options)
+    streamed, _ = ovb.build_openvino_backend(model, "openvino-int8", streams=2, **options)
     assert streamed.streams == 2 and "2 streams" in streamed.describe()
     mel, features = held_out[0]
     np.testing.assert_allclose(streamed.predict(mel, features), cold_out[: len(mel)], atol=1e-6)
@@ -315,9 +318,9 @@ def test_int8_matches_fp32_within_tolerance_and_is_cached(avatar: dict, int8_cac
 @needs_openvino
 def test_choose_backend_picks_a_fast_backend_within_tolerance(avatar: dict, int8_cache: dict) -> None:
     model, calibration, held_out = avatar["model"], avatar["calibration"], avatar["held_out"]
-    common = {"device": wb.select_device("cpu"), "cache_dir": int8_cache["dir"], "weights_id": "w-trained-like",
+    common = {"device": select_device("cpu"), "cache_dir": int8_cache["dir"], "weights_id": "w-trained-like",
               "avatar_id": "astronaut", "batch_size": 2, "repeats": 3, "candidates": ("torch-fp32", "openvino-int8")}  # fmt: skip
-    chosen, reports = wb.choose_backend(
+    chosen, reports = choice.choose_backend(
         model, calibration, tolerance=INT8_TOLERANCE, evaluation=held_out, **common
     )
     by_name = {r.name: r for r in reports}
@@ -334,8 +337,8 @@ def test_choose_backend_picks_a_fast_backend_within_tolerance(avatar: dict, int8
     assert chosen.predict(mel, features).shape == (len(mel), 3, 96, 96)
 
     # a backend whose error is over tolerance is never chosen, however fast
-    strict = wb.Tolerance(mean_abs=1e-6, max_abs=1e-5, psnr_db=90.0)
-    chosen, reports = wb.choose_backend(model, calibration, tolerance=strict, evaluation=held_out[:2], **common)
+    strict = choice.Tolerance(mean_abs=1e-6, max_abs=1e-5, psnr_db=90.0)
+    chosen, reports = choice.choose_backend(model, calibration, tolerance=strict, evaluation=held_out[:2], **common)
     assert chosen.name == "torch-fp32"
     assert reports[1].skipped == "error against fp32 over tolerance" and not reports[1].chosen
 
@@ -356,15 +359,15 @@ def test_fp32_and_int8_on_random_weights(tmp_path: Path) -> None:
         "avatar_id": "astronaut",
         "calibration": calibration,
     }
-    fp32, info = wb.build_openvino_backend(model, "openvino-fp32", **options)
+    fp32, info = ovb.build_openvino_backend(model, "openvino-fp32", **options)
     assert np.abs(_predict_all(fp32, held_out) - reference).max() < 1e-4
     weights = Path(info.path).with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[:1000])  # a damaged cache entry is built again, not an error
-    rebuilt, rebuilt_info = wb.build_openvino_backend(model, "openvino-fp32", **options)
+    rebuilt, rebuilt_info = ovb.build_openvino_backend(model, "openvino-fp32", **options)
     assert not rebuilt_info.cached and weights.stat().st_size > 1000
     assert np.abs(_predict_all(rebuilt, held_out) - reference).max() < 1e-4
-    int8, _ = wb.build_openvino_backend(model, "openvino-int8", **options)
-    error = wb.prediction_error(reference, _predict_all(int8, held_out))
+    int8, _ = ovb.build_openvino_backend(model, "openvino-int8", **options)
+    error = choice.prediction_error(reference, _predict_all(int8, held_out))
     # random init squeezes every output towards 0.5, so the error is tiny; measured: max 3e-4, mean 4e-5
     assert error.max_abs < 5e-3 and error.mean_abs < 1e-3, error
 
@@ -386,7 +389,7 @@ class PreparedAvatar:
 
 def test_generator_faces_masks_the_lower_half_and_keeps_the_reference() -> None:
     crops = np.random.default_rng(0).integers(0, 256, size=(2, 96, 96, 3), dtype=np.uint8)
-    faces = wb.generator_faces(crops)
+    faces = choice.generator_faces(crops)
     assert faces.shape == (2, 6, 96, 96) and faces.dtype == np.float32
     np.testing.assert_allclose(faces[:, 3:], crops.transpose(0, 3, 1, 2) / 255.0, atol=1e-7)
     assert np.array_equal(faces[:, :3, :48], faces[:, 3:, :48]) and not faces[:, :3, 48:].any()
@@ -397,8 +400,8 @@ def test_backend_for_avatar_caches_features_and_predicts_by_frame_index(tmp_path
     model = randomise_batchnorm(Wav2Lip())
     avatar = PreparedAvatar(tmp_path, avatar_faces(3, seed=4))
     mels = mel_windows(speech_like_audio(1.2, seed=1))
-    device = wb.select_device("cpu")
-    bound = wb.backend_for_avatar(model, device, avatar, "w1", request="torch", calibration_mels=mels)
+    device = select_device("cpu")
+    bound = choice.backend_for_avatar(model, device, avatar, "w1", request="torch", calibration_mels=mels)
     path = avatar.features_path("w1")
     assert path.is_file() and np.load(path, mmap_mode="r").shape == (
         3,
@@ -408,18 +411,18 @@ def test_backend_for_avatar_caches_features_and_predicts_by_frame_index(tmp_path
     frames = [2, 0, 2]
     with torch.no_grad():
         expected = model(
-            torch.from_numpy(mels[:3]), torch.from_numpy(wb.generator_faces(avatar.crops[frames]))
+            torch.from_numpy(mels[:3]), torch.from_numpy(choice.generator_faces(avatar.crops[frames]))
         ).numpy()
-    error = wb.prediction_error(expected, bound.predict(mels[:3], frames))
+    error = choice.prediction_error(expected, bound.predict(mels[:3], frames))
     assert error.max_abs < 5e-3 and error.psnr_db > 50, error  # float16 features; otherwise the same model
 
     stamp = path.stat().st_mtime_ns
-    again = wb.backend_for_avatar(model, device, avatar, "w1", request="torch", calibration_mels=mels)
+    again = choice.backend_for_avatar(model, device, avatar, "w1", request="torch", calibration_mels=mels)
     assert path.stat().st_mtime_ns == stamp  # read back, not encoded again
     np.testing.assert_array_equal(again.predict(mels[:3], frames), bound.predict(mels[:3], frames))
 
     with pytest.raises(InputError, match="backend 'tensorrt' is not one of auto, torch"):
-        wb.backend_for_avatar(model, device, avatar, "w1", request="tensorrt", calibration_mels=mels)
+        choice.backend_for_avatar(model, device, avatar, "w1", request="tensorrt", calibration_mels=mels)
 
 
 @pytest.mark.slow
@@ -427,8 +430,8 @@ def test_backend_for_avatar_caches_features_and_predicts_by_frame_index(tmp_path
 def test_backend_for_avatar_reuses_the_int8_model_on_disk(avatar: dict, int8_cache: dict, tmp_path: Path) -> None:
     prepared = PreparedAvatar(tmp_path, avatar_faces(4, seed=5))
     mels = mel_windows(speech_like_audio(3.0, seed=11))
-    bound = wb.backend_for_avatar(
-        avatar["model"], wb.select_device("cpu"), prepared, "w-trained-like", request="openvino-int8",
+    bound = choice.backend_for_avatar(
+        avatar["model"], select_device("cpu"), prepared, "w-trained-like", request="openvino-int8",
         calibration_mels=mels, cache_dir=int8_cache["dir"],
     )  # fmt: skip
     assert bound.name == "openvino-int8"

@@ -20,14 +20,15 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import torch
     from anchorcast_plugins.engines.wav2lip import backends as wb
+    from anchorcast_plugins.engines.wav2lip import openvino_build as ovb
     from anchorcast_plugins.engines.wav2lip.models import Wav2Lip
 
     torch.manual_seed(0)
     model = wb.fold_batchnorm(Wav2Lip().eval())
     options = {"cache_dir": Path(sys.argv[1]), "weights_id": "signals"}
-    first, _ = wb.build_openvino_backend(model, "openvino-fp32", **options)
-    second, _ = wb.build_openvino_backend(model, "openvino-fp32", threads=1, **options)
-    third, _ = wb.build_openvino_backend(model, "openvino-fp32", streams=2, **options)
+    first, _ = ovb.build_openvino_backend(model, "openvino-fp32", **options)
+    second, _ = ovb.build_openvino_backend(model, "openvino-fp32", threads=1, **options)
+    third, _ = ovb.build_openvino_backend(model, "openvino-fp32", streams=2, **options)
     del first; gc.collect()   # not in the reverse order of their making
     del third; gc.collect()
     del second; gc.collect()

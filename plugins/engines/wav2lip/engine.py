@@ -87,7 +87,7 @@ class Wav2LipEngine:
     # --- set-up --------------------------------------------------------------------------------------------
 
     def open(self, fmt: StreamFormat) -> None:
-        from anchorcast_plugins.engines.wav2lip.backends import backend_for_avatar
+        from anchorcast_plugins.engines.wav2lip.backend_choice import backend_for_avatar
         from anchorcast_plugins.engines.wav2lip.checkpoints import build_model
         from anchorcast_plugins.engines.wav2lip.devices import select_device
         from anchorcast_plugins.engines.wav2lip.weights_store import resolve_weights, weights_id
