@@ -100,7 +100,9 @@ def in_private_network(argv: list[str]) -> int | None:
         return None
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip") or missing_programs():
         return None
-    inner = f"ip link set lo up && exec {sys.executable} {Path(__file__).resolve()} " + " ".join(argv)
+    # bash stays as the namespace's PID 1 (no exec): it reaps the orphans (nginx workers) that would pile up as
+    # zombies under a Python PID 1
+    inner = f"ip link set lo up && {sys.executable} {Path(__file__).resolve()} " + " ".join(argv)
     command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", inner]
     return subprocess.run(command, env={**os.environ, IN_NAMESPACE_ENV: "1"}).returncode
 
@@ -113,13 +115,17 @@ def main() -> int:
     parser.add_argument("--obs-restarts", type=int, default=5)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--sample-s", type=float, default=60.0, help="how often to sample RSS, threads, fds")
-    parser.add_argument("--disk-mb", type=int, default=48, help="size of the file output's tmpfs")
+    parser.add_argument("--disk-mb", type=int, default=None,
+                        help="size of the file output's tmpfs (default: room for the whole recording, 5 MB a minute "
+                        "with 32 MB spare, so that only the injected fault fills it)")
     args = parser.parse_args()
     if args.obs_restarts and (code := in_private_network(sys.argv[1:])) is not None:
         return code
     if args.short:
         args.minutes, args.rtmp_restarts, args.clients, args.sample_s = 2.0, 3, 40, 10.0
         args.obs_restarts = min(args.obs_restarts, 1)
+    if args.disk_mb is None:
+        args.disk_mb = max(48, round(5 * args.minutes) + 32)  # the soak's 320x180 stream: about 2.4 MB a minute
     console = Console()
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="anchorcast-soak-") as folder:

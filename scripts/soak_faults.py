@@ -264,6 +264,10 @@ def fill_disk(soak: Soak, fault: Fault) -> None:
     if disk is None:
         fault.detail = "not injected: needs unshare and root for a private tmpfs"
         return
+    if soak.output("file")["state"] != "open":
+        fault.survived = False
+        fault.detail = f"the file output was already {soak.output('file')['state']} (its disk filled by itself?)"
+        return
     filler = disk / "filler"
     try:
         with filler.open("wb") as file:
