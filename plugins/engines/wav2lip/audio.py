@@ -139,7 +139,7 @@ def _normalised(mel: Float64Array) -> Float64Array:
                    -MAX_ABS_VALUE, MAX_ABS_VALUE)
 
 
-def _columns_from_frames(frames: Float64Array) -> Float32Array:
+def mel_columns_from_frames(frames: Float64Array) -> Float32Array:
     """Normalised mel columns for STFT frames of shape (..., T, 800): returns (..., 80, T) float32."""
     spectrum = np.abs(np.fft.rfft(frames * _hann(), axis=-1))
     mel = spectrum @ mel_basis().T
@@ -151,7 +151,7 @@ def _columns(padded: Float64Array, count: int) -> Float32Array:
     if count <= 0:
         return np.zeros((N_MELS, 0), np.float32)
     frames = sliding_window_view(padded[: HOP * (count - 1) + N_FFT], N_FFT)[::HOP]
-    return _columns_from_frames(frames)
+    return mel_columns_from_frames(frames)
 
 
 def preemphasis(wav: npt.ArrayLike, previous: float = 0.0) -> Float64Array:
@@ -272,7 +272,7 @@ class FrameMel:
             segments[row] = audio[begin : begin + self.SEGMENT_SAMPLES]
         emphasised = segments[:, 1:] - PREEMPHASIS * segments[:, :-1]  # (B, 3800)
         frames = sliding_window_view(emphasised, N_FFT, axis=1)[:, ::HOP]  # (B, 16, 800)
-        return _columns_from_frames(frames)
+        return mel_columns_from_frames(frames)
 
     def window(self, context: npt.ArrayLike, frame_index: int, offset: int = LOOKBEHIND_SAMPLES) -> Float32Array:
         """The (80, 16) window of one frame."""
