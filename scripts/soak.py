@@ -210,6 +210,9 @@ def print_table(console: Console, minutes: float, faults: list[Fault], soak: Soa
         growth = 100 * (last.rss_mb / warm.rss_mb - 1)
         table.add_row("RSS after warm-up -> end", f"{warm.rss_mb:.0f} -> {last.rss_mb:.0f} MB ({growth:+.1f} %)",
                       "< +5 %")
+        quarters = [soak.samples[round(q * (len(soak.samples) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)]
+        table.add_row("RSS at 0, 1/4, 1/2, 3/4 and the end", ", ".join(f"{s.rss_mb:.0f}" for s in quarters) + " MB",
+                      "a plateau, not a slope")
         table.add_row("threads after warm-up -> end", f"{warm.threads} -> {last.threads}", "flat")
         table.add_row("open files after warm-up -> end", f"{warm.fds} -> {last.fds}", "flat")
     gap, why = drift
