@@ -39,11 +39,17 @@ def decoded_frames(path: Path) -> tuple[int, float]:
     return count, last
 
 
-def test_a_full_disk_is_reported_with_how_much_plays_and_the_file_plays_that_far(tmp_path: Path) -> None:
+def mount_point(tmp_path: Path) -> Path:
+    """An empty folder for a test's private tmpfs (mounted inside ``unshare -m``, which needs root, as CI has)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.fail("this test mounts a small tmpfs: it needs unshare (util-linux) and root, as CI has")
     disk = tmp_path / "disk"
     disk.mkdir()
+    return disk
+
+
+def test_a_full_disk_is_reported_with_how_much_plays_and_the_file_plays_that_far(tmp_path: Path) -> None:
+    disk = mount_point(tmp_path)
     script = f"""
 mount -t tmpfs -o size=400k tmpfs {disk} || exit 99
 cd {disk}
@@ -67,10 +73,7 @@ cp {disk}/bulletin.mp4 {tmp_path}/bulletin.mp4
 
 
 def test_with_a_second_output_the_full_disk_takes_only_its_own_file_off_and_the_run_says_so(tmp_path: Path) -> None:
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.fail("this test mounts a small tmpfs: it needs unshare (util-linux) and root, as CI has")
-    disk = tmp_path / "disk"
-    disk.mkdir()
+    disk = mount_point(tmp_path)
     script = f"""
 mount -t tmpfs -o size=400k tmpfs {disk} || exit 99
 cd {tmp_path}
@@ -114,10 +117,7 @@ def test_a_run_killed_mid_file_leaves_a_file_that_plays_up_to_its_last_complete_
 def test_once_the_disk_has_room_again_the_recording_goes_on_in_a_second_part(tmp_path: Path) -> None:
     """A long-running stream loses only the outage: the file output is taken off at the full disk, and once the
     disk is freed it goes on in NAME-part2.mp4 while the backup file (another disk) has every frame."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.fail("this test mounts a small tmpfs: it needs unshare (util-linux) and root, as CI has")
-    disk = tmp_path / "disk"
-    disk.mkdir()
+    disk = mount_point(tmp_path)
     script = f"""
 mount -t tmpfs -o size=24m tmpfs {disk} || exit 99
 dd if=/dev/zero of={disk}/filler bs=1k count=$((24 * 1024 - 450)) 2>/dev/null
