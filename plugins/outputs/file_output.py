@@ -80,7 +80,7 @@ class FileOutput:
         """Frames in no part: those of a failed part that do not play, and those until the next part began."""
         self._index_offset = 0  # a resumed part's timestamps start at 0 from its first frame and sample
         self._sample_offset = 0
-        self._resumed = False
+        self._resumed_from: int | None = None  # a new part's first frame counts the frames lost since this one
         self._kept_until = 0  # after a failure: the first frame index the failed part does not play
         self._fmt: StreamFormat | None = None
         self.preset = preset
@@ -183,9 +183,9 @@ class FileOutput:
 
         conversion = cv2.COLOR_RGB2YUV_I420 if image.shape[2] == 3 else cv2.COLOR_RGBA2YUV_I420
         picture = av.VideoFrame.from_ndarray(cv2.cvtColor(image, conversion), format="yuv420p")
-        if self._resumed:
-            self._resumed = False
-            self.frames_lost += frame.index - self._index_offset
+        if self._resumed_from is not None:
+            self.frames_lost += frame.index - self._resumed_from
+            self._resumed_from = None
             self._index_offset, self._sample_offset = frame.index, audio.start
         picture.pts = frame.index - self._index_offset
         picture.time_base = self._video_time_base
@@ -218,7 +218,7 @@ class FileOutput:
             self.path = failed_path
             return None
         self.part += 1
-        self._resumed, self._index_offset = True, self._kept_until  # lost: every frame the failed part lacks
+        self._resumed_from = self._kept_until  # lost: every frame the failed part lacks
         return f"recording continues in {self.path}"
 
     def metrics(self) -> dict[str, Any]:
