@@ -20,6 +20,29 @@ Image = npt.NDArray[np.uint8]
 """An (H, W, 3) RGB or (H, W, 4) RGBA uint8 image."""
 
 
+class TaggedImage(np.ndarray):  # type: ignore[type-arg]
+    """An engine's picture carrying per-frame side data, as FFmpeg's frames carry ``AVFrameSideData``.
+
+    The face3d engine tags each picture with the expression coefficients it drew (``side_data["coefficients"]``,
+    a (53,) float32 array): the data then travels with that very picture through batching, shared engines,
+    repeats on overrun and the idle frame, and reaches the outputs as :attr:`VideoFrame.side_data` with the
+    frame's pts, so a viewer that renders the head itself gets exactly what aired. A slice or ``copy()`` keeps
+    the tag; functions that make new plain arrays (OpenCV's, ``np.array``) drop it, as they should.
+    """
+
+    side_data: dict[str, Any]
+
+    def __array_finalize__(self, source: Any) -> None:
+        self.side_data = getattr(source, "side_data", {})
+
+
+def tag_image(image: Image, **side_data: Any) -> Image:
+    """``image`` (not copied) as a :class:`TaggedImage` carrying ``side_data``."""
+    tagged = image.view(TaggedImage)
+    tagged.side_data = dict(side_data)
+    return tagged
+
+
 @dataclass(frozen=True, slots=True)
 class StreamFormat:
     """The format every stage agrees on for one run."""
@@ -113,6 +136,11 @@ class VideoFrame:
     @property
     def pts(self) -> float:
         return float(self.index / self.fps)
+
+    @property
+    def side_data(self) -> dict[str, Any]:
+        """What the engine attached to this picture (:class:`TaggedImage`), e.g. ``coefficients``; else empty."""
+        return getattr(self.image, "side_data", {})
 
 
 # --- events -----------------------------------------------------------------------------------------------
