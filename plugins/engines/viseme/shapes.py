@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from anchorcast.media import FloatAudio, Timing
 
@@ -81,20 +82,39 @@ def phoneme_viseme(label: str) -> Viseme | None:
     return _CONSONANT_VISEMES.get(letters[0].lower(), Viseme.MID)
 
 
+def _window_samples(phonemes: Sequence[Timing], centre: float, half_window: float
+                    ) -> tuple[list[Viseme], npt.NDArray[np.float64]]:
+    """The visemes at the window's 9 sample times around ``centre`` and their triangle weights."""
+    samples = 9
+    offsets = np.linspace(-half_window, half_window, samples)
+    weights = 1.0 - np.abs(offsets) / (half_window * (1 + 1 / samples))
+    classified = [(p, phoneme_viseme(p.label)) for p in phonemes]
+    visemes = [next((v for p, v in classified if v is not None and p.start <= centre + offset < p.end), Viseme.REST)
+               for offset in offsets]
+    return visemes, weights
+
+
+def viseme_weights(phonemes: Sequence[Timing], centre: float, half_window: float) -> dict[Viseme, float]:
+    """How much of the window around ``centre`` each viseme takes (weights summing to 1): the coarticulation
+    :func:`shape_from_phonemes` averages shapes with, for callers that average something else per viseme (the
+    face3d teacher averages ARKit poses)."""
+    visemes, weights = _window_samples(phonemes, centre, half_window)
+    total = float(weights.sum())
+    shares: dict[Viseme, float] = {}
+    for viseme, weight in zip(visemes, weights, strict=True):
+        shares[viseme] = shares.get(viseme, 0.0) + float(weight) / total
+    return shares
+
+
 def shape_from_phonemes(phonemes: Sequence[Timing], centre: float, half_window: float) -> MouthShape:
     """The phoneme shapes around ``centre`` (seconds), weighted by a triangle ``half_window`` wide each side.
 
     Time not covered by a sounding phoneme (pauses, gaps) counts as rest, so the mouth closes in pauses.
     """
-    samples = 9
-    offsets = np.linspace(-half_window, half_window, samples)
-    weights = 1.0 - np.abs(offsets) / (half_window * (1 + 1 / samples))
+    visemes, weights = _window_samples(phonemes, centre, half_window)
     openness = width = 0.0
     per_viseme: dict[Viseme, float] = {}
-    classified = [(p, phoneme_viseme(p.label)) for p in phonemes]
-    for offset, weight in zip(offsets, weights, strict=True):
-        t = centre + offset
-        viseme = next((v for p, v in classified if v is not None and p.start <= t < p.end), Viseme.REST)
+    for viseme, weight in zip(visemes, weights, strict=True):
         shape = VISEME_SHAPES[viseme]
         openness += weight * shape.openness
         width += weight * shape.width
