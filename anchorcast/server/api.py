@@ -28,7 +28,9 @@ from anchorcast import __version__
 from anchorcast.errors import AnchorcastError, ProfileError
 from anchorcast.server import docs
 from anchorcast.server.auth import COOKIE, bearer, token_matches
+from anchorcast.server.avatar3d import mount_avatar3d
 from anchorcast.server.choices import add_choice_routes
+from anchorcast.server.coefficients import add_coefficient_routes
 from anchorcast.server.control import QueueFull
 from anchorcast.server.fanout import Ended, Lagged, Subscription
 from anchorcast.server.models import Created, CreateSession, CueRequest, Interrupted, Queued, Say
@@ -278,8 +280,10 @@ def create_app(studio: Studio, token: str, *, default_profile: str = "default",
         else:
             await _close(websocket, 1000, "done")
 
+    add_coefficient_routes(app, studio, token)
     docs.mount(app, authorized)
     mount_pages(app)
+    mount_avatar3d(app, studio, token)
     return app
 
 

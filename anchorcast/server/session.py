@@ -21,6 +21,7 @@ from anchorcast.media import Cue, Event, FloatAudio, Interrupt, UtteranceEnded, 
 from anchorcast.profile import Profile
 from anchorcast.scheduler import Scheduler
 from anchorcast.server.choices import profile_scenes
+from anchorcast.server.coefficients import CoefficientOutput
 from anchorcast.server.control import ControlSource, QueueFull, Utterance
 from anchorcast.server.engines import EnginePool
 from anchorcast.server.fanout import Fanout
@@ -83,6 +84,7 @@ class Session:
         self.max_queue = max_queue
         self.preview = PreviewOutput(preview_fps)
         self.webrtc = WebRtcOutput(ice_servers)
+        self.coefficients = CoefficientOutput()
         self.report: dict[str, Any] = {}
         self.engines = engines
         self.utterances: dict[str, Utterance] = {}
@@ -143,7 +145,8 @@ class Session:
             try:
                 self.host.run(
                     profile, source=self.source, voice=voice, engine=engine,
-                    extra_outputs=[("preview", self.preview), ("webrtc", self.webrtc)], on_ready=self._on_ready,
+                    extra_outputs=[("preview", self.preview), ("webrtc", self.webrtc), ("coefficients", self.coefficients)],
+                    on_ready=self._on_ready,
                 )
             finally:
                 if engine is not None:
@@ -162,6 +165,7 @@ class Session:
             self._done.set()
             self.preview.close()
             self.webrtc.close()  # the host closed it already unless the run failed before opening it
+            self.coefficients.close()
             self.events.publish({"type": "session_ended", "session": self.id, "time": time.time(),
                                  "state": self.state, "error": self.error})
             self.events.close()
