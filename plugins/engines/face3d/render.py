@@ -1,0 +1,366 @@
+"""Draws the morphable head with OpenGL (moderngl on a headless EGL context; Mesa's llvmpipe without a GPU).
+
+One frame: the expression weights are blended onto the identity's head in numpy (only the nonzero weights, float32
+deltas), the eyeballs turn with the ``eyeLook*`` weights (the face model's gaze shapes move the lids only), smooth
+normals are recomputed from the blended mesh, and the triangles are drawn in surface groups (skin, the dark
+mouth socket, gums and tongue, teeth, sclera, iris), each with its colour, under an ambient light and a key light
+(Lambert plus a little Blinn-Phong specular). The projection is weak perspective: a head pose rotation about the
+neck, then orthographic scale and 2D translation; a depth test decides what is in front.
+
+The picture is RGBA with premultiplied colour over ``background``: pixels the head does not cover keep the
+background's colour with alpha 0, antialiased edges are mixed (multisampling), so ``rgba[..., :3]`` is the frame
+composited on the background and ``rgba[..., 3]`` the head's matte. With a black background this is the usual
+premultiplied transparent image.
+
+The rows are drawn top-down (the projection flips y), so the framebuffer reads back in image order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
+
+from anchorcast.errors import InputError
+
+from .asset import FaceModel
+
+Float32Array = npt.NDArray[np.float32]
+
+SURFACES = ("skin", "eye_socket", "mouth_socket", "gums_tongue", "teeth", "eye")
+"""The groups the triangles are drawn in, each with one colour (:data:`DEFAULT_COLOURS`; the eye: sclera, iris
+and pupil by the distance from its axis)."""
+DEFAULT_SKIN = (224, 172, 140)
+DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "eye_socket": (196, 120, 110),
+    "mouth_socket": (70, 18, 22),
+    "gums_tongue": (196, 84, 92),
+    "teeth": (240, 234, 218),
+    "eye": (236, 234, 228),
+    "iris": (84, 60, 40),
+    "pupil": (12, 10, 10),
+}
+IRIS_RADIUS = 0.62
+PUPIL_RADIUS = 0.24
+"""Centimetres from the eye's axis (the eyeball's radius is about 1.2)."""
+# How much light reaches each surface (inside the mouth is shadowed by the lips and cheeks).
+_OCCLUSION = {"skin": 1.0, "eye_socket": 0.8, "mouth_socket": 0.35, "gums_tongue": 0.6, "teeth": 0.85,
+              "eye": 0.9}
+_SPECULAR = {"skin": 0.12, "eye_socket": 0.05, "mouth_socket": 0.0, "gums_tongue": 0.15, "teeth": 0.25,
+             "eye": 0.5}
+GAZE_DEGREES = 25.0
+"""How far an eye turns at eyeLook* = 1 (ARKit's shapes span about that)."""
+NECK_PIVOT = (0.0, -8.0, 0.0)
+"""The point (model centimetres) the head pose turns about: the top of the neck."""
+
+_VERTEX_SHADER = """
+#version 330
+in vec3 in_position;
+in vec3 in_normal;
+in vec2 in_uv;
+in float in_eye;
+uniform mat3 rotation;
+uniform vec3 pivot;
+uniform float scale;
+uniform vec2 centre;
+uniform vec2 viewport;
+out vec3 v_normal;
+out vec2 v_uv;
+out float v_eye;
+void main() {
+    vec3 p = rotation * (in_position - pivot) + pivot;
+    vec2 pixel = centre + vec2(p.x, -p.y) * scale;
+    // y flipped: row 0 of the framebuffer is the top of the image, as numpy wants it
+    gl_Position = vec4(pixel.x / viewport.x * 2.0 - 1.0, pixel.y / viewport.y * 2.0 - 1.0, -p.z / 64.0, 1.0);
+    v_normal = rotation * in_normal;
+    v_uv = in_uv;
+    v_eye = in_eye;
+}
+"""
+
+_FRAGMENT_SHADER = """
+#version 330
+in vec3 v_normal;
+in vec2 v_uv;
+in float v_eye;
+uniform vec3 albedo;
+uniform bool eye;
+uniform vec3 iris;
+uniform vec3 pupil;
+uniform vec2 eye_radii;
+uniform float occlusion;
+uniform float specular;
+uniform bool textured;
+uniform sampler2D skin_texture;
+uniform vec3 light_direction;
+uniform vec3 light_colour;
+uniform vec3 ambient;
+out vec4 colour;
+void main() {
+    vec3 n = normalize(v_normal);
+    if (n.z < 0.0) n = -n;  // two-sided: the mouth socket is seen from inside
+    vec3 base = textured ? texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb : albedo;
+    if (eye) {
+        float edge = fwidth(v_eye);
+        vec3 ring = iris * mix(1.0, 0.55, smoothstep(0.6 * eye_radii.y, eye_radii.y, v_eye));
+        base = mix(pupil, ring, smoothstep(eye_radii.x - edge, eye_radii.x + edge, v_eye));
+        base = mix(base, albedo, smoothstep(eye_radii.y - edge, eye_radii.y + edge, v_eye));
+    }
+    base = pow(base, vec3(2.2));
+    float diffuse = max(dot(n, light_direction), 0.0);
+    vec3 halfway = normalize(light_direction + vec3(0.0, 0.0, 1.0));
+    float shine = specular * pow(max(dot(n, halfway), 0.0), 40.0) * step(0.0, diffuse);
+    vec3 linear = (base * (ambient + diffuse * light_colour) + shine * light_colour) * occlusion;
+    colour = vec4(pow(clamp(linear, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
+}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pose:
+    """A head pose: rotations in radians about the neck (yaw turns left/right, pitch nods, roll tilts) and a
+    shift of the projected head in pixels."""
+
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    def matrix(self) -> Float32Array:
+        cy, sy, cp, sp, cr, sr = (math.cos(self.yaw), math.sin(self.yaw), math.cos(self.pitch),
+                                  math.sin(self.pitch), math.cos(self.roll), math.sin(self.roll))
+        yaw = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        pitch = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+        roll = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+        return (roll @ pitch @ yaw).astype(np.float32)
+
+
+NEUTRAL_POSE = Pose()
+
+
+@dataclasses.dataclass(frozen=True)
+class Framing:
+    """The weak-perspective projection: ``pixel = centre + scale * (x, -y)`` of the posed head."""
+
+    scale: float
+    centre: tuple[float, float]
+
+    @classmethod
+    def for_size(cls, model: FaceModel, width: int, height: int) -> Framing:
+        """A head-and-shoulders framing: the top of the head 5 % below the top edge, the chin at about 70 % of
+        the height, the neck running out of the picture; centred horizontally."""
+        top = float(model.neutral[:, 1].max())
+        chin = float(model.neutral[model.landmarks[8], 1])
+        scale = 0.65 * height / (top - chin)
+        return cls(scale, (width / 2, 0.05 * height + scale * top))
+
+
+def parse_colour(value: str, key: str = "colour") -> tuple[int, int, int]:
+    """``"#RRGGBB"`` as an (r, g, b) tuple; an InputError naming ``key`` otherwise."""
+    text = value.strip()
+    if len(text) == 7 and text.startswith("#"):
+        try:
+            return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
+        except ValueError:
+            pass
+    raise InputError(f"face3d: {key} = {value!r} is not a colour \"#RRGGBB\"", hint=f'for example {key} = "#e0ac8c"')
+
+
+def _triangle_surfaces(model: FaceModel) -> npt.NDArray[np.int64]:
+    """Each triangle's surface (an index into :data:`SURFACES`) by its first corner's part; -1 for the eyes'
+    inner spheres (ICT-FaceKit's iris material, a textured ball inside the clear outer one), never drawn: the
+    outer ball is coloured by the distance from the eye's axis instead."""
+    part_of = {"face": "skin", "head_neck": "skin", "eye_socket_left": "eye_socket",
+               "eye_socket_right": "eye_socket", "mouth_socket": "mouth_socket", "gums_tongue": "gums_tongue",
+               "teeth_upper": "teeth", "teeth_lower": "teeth", "eyeball_left": "eye", "eyeball_right": "eye"}
+    by_part = np.array([SURFACES.index(part_of.get(name, "skin")) for name in model.part_names])
+    surfaces = by_part[model.vertex_parts[model.render_sources[model.triangles[:, 0]]]]
+    for code, material in enumerate(model.material_names):
+        if "iris" in material.lower():
+            surfaces[model.triangle_materials == code] = -1
+    return surfaces
+
+
+class HeadRenderer:
+    """Renders the head of ``model`` at ``width`` x ``height`` pixels; one OpenGL context, used from the thread
+    that made the renderer (callers from other threads go through one worker thread, as the engine does)."""
+
+    def __init__(self, model: FaceModel, width: int, height: int, *, identity: npt.ArrayLike | None = None,
+                 skin: tuple[int, int, int] = DEFAULT_SKIN, texture: npt.NDArray[np.uint8] | None = None,
+                 background: tuple[int, int, int] = (0, 0, 0), framing: Framing | None = None,
+                 samples: int = 4, cull_hidden: bool = True) -> None:
+        import moderngl
+
+        self.model = model
+        self.width, self.height = width, height
+        self.framing = framing or Framing.for_size(model, width, height)
+        self.background = background
+        identity_weights = None if identity is None else np.asarray(identity, np.float32)
+        self.base = model.vertices(None, identity_weights)
+        self._deltas = model.expression_deltas.astype(np.float32).reshape(len(model.expression_names), -1)
+        self._eyes = [self._eye(side) for side in ("left", "right")]
+        self._gaze_index = {name: i for i, name in enumerate(model.expression_names) if name.startswith("eyeLook")}
+        colours = {"skin": skin, **DEFAULT_COLOURS}
+        self._albedo = {name: tuple(c / 255 for c in colours[name]) for name in colours}
+
+        try:
+            self.ctx = moderngl.create_context(standalone=True, backend="egl")
+        except Exception as error:  # glcontext raises plain Exceptions naming the EGL call
+            raise InputError(f"face3d: no OpenGL context ({error})",
+                             hint="the face3d engine needs EGL and Mesa (apt install libegl1 libgl1-mesa-dri); "
+                             "see scripts/install-test-deps.sh") from None
+        ctx = self.ctx
+        self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
+        self.triangles = np.flatnonzero(_triangle_surfaces(model) >= 0)
+        if cull_hidden:
+            from .visibility import visible_triangles
+
+            shown = visible_triangles(self, model.expression_names)
+            self.triangles = self.triangles[shown[self.triangles]]
+        self._use_triangles(self.triangles)
+        renders = model.render_vertex_count
+        self._positions = ctx.buffer(reserve=renders * 12, dynamic=True)
+        self._normals = ctx.buffer(reserve=renders * 12, dynamic=True)
+        uvs = ctx.buffer(np.ascontiguousarray(model.render_uvs, np.float32).tobytes())
+        eye_radius = ctx.buffer(self._eye_radii().tobytes())
+        indices = ctx.buffer(np.ascontiguousarray(model.triangles[self._order], np.int32).tobytes())
+        self.vao = ctx.vertex_array(self.program, [(self._positions, "3f", "in_position"),
+                                                   (self._normals, "3f", "in_normal"), (uvs, "2f", "in_uv"),
+                                                   (eye_radius, "1f", "in_eye")],
+                                    index_buffer=indices, index_element_size=4)
+        samples = min(samples, ctx.max_samples)
+        size = (width, height)
+        self._fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer(size, 4, samples=samples)],
+                                    depth_attachment=ctx.depth_renderbuffer(size, samples=samples))
+        self._resolved = (ctx.framebuffer(color_attachments=[ctx.renderbuffer(size, 4)])
+                          if samples > 1 else self._fbo)
+        self._texture = None
+        if texture is not None:
+            image = np.ascontiguousarray(texture[..., :3], np.uint8)
+            self._texture = ctx.texture((image.shape[1], image.shape[0]), 3, image.tobytes())
+            self._texture.build_mipmaps()
+        uniforms = {"pivot": NECK_PIVOT, "scale": self.framing.scale, "viewport": (float(width), float(height)),
+                    "light_direction": tuple(_unit((-0.35, 0.45, 0.82))), "light_colour": (0.9, 0.88, 0.84),
+                    "ambient": (0.32, 0.33, 0.36), "skin_texture": 0, "iris": self._albedo["iris"],
+                    "pupil": self._albedo["pupil"], "eye_radii": (PUPIL_RADIUS, IRIS_RADIUS)}
+        for name, value in uniforms.items():
+            self.program[name].value = value
+
+    def _use_triangles(self, triangles: npt.NDArray[np.intp]) -> None:
+        """Draws only ``triangles`` (indices into the model's), grouped by surface; normals come from them."""
+        model = self.model
+        corners = model.render_sources[model.triangles[triangles]]  # model-vertex corners, for normals
+        self._corners = corners
+        rows = corners.reshape(-1)
+        columns = np.repeat(np.arange(len(corners)), 3)
+        self._incidence = scipy.sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, columns)),
+                                                  shape=(model.vertex_count, len(corners)))
+        surfaces = _triangle_surfaces(model)[triangles]
+        order = np.argsort(surfaces, kind="stable")
+        self._order = triangles[order]
+        bounds = np.searchsorted(surfaces[order], np.arange(len(SURFACES) + 1))
+        self._groups = [(SURFACES[k], int(bounds[k]) * 3, int(bounds[k + 1] - bounds[k]) * 3)
+                        for k in range(len(SURFACES)) if bounds[k + 1] > bounds[k]]
+
+    def _eye_radii(self) -> Float32Array:
+        """(R,) float32: for the eyeballs' render vertices, the distance from the eye's axis on the front half
+        (where the iris and pupil are drawn), 9 on the back half; 0 elsewhere (not used)."""
+        radii = np.zeros(self.model.vertex_count, np.float32)
+        for vertices, centre in self._eyes:
+            offset = self.base[vertices] - centre
+            radii[vertices] = np.where(offset[:, 2] > 0, np.hypot(offset[:, 0], offset[:, 1]), 9.0)
+        return np.ascontiguousarray(radii[self.model.render_sources])
+
+    def _eye(self, side: str) -> tuple[npt.NDArray[np.intp], Float32Array]:
+        """The vertices of one eyeball and the centre it turns about."""
+        vertices = np.flatnonzero(self.model.part_mask(f"eyeball_{side}"))
+        points = self.base[vertices]
+        centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
+        centre[2] = points[:, 2].min() + 0.5 * (points[:, 0].max() - points[:, 0].min())  # the ball, not the cornea
+        return vertices, centre.astype(np.float32)
+
+    def vertices(self, expression: npt.ArrayLike | None = None) -> Float32Array:
+        """(V, 3) model-vertex positions for the weights (E,): the identity's head, the nonzero expression
+        weights blended in, the eyeballs turned by the gaze weights."""
+        positions = self.base.copy()
+        if expression is None:
+            return positions
+        weights = np.asarray(expression, np.float32)
+        used = np.flatnonzero(weights)
+        if used.size:
+            positions += (weights[used] @ self._deltas[used]).reshape(-1, 3)
+        self._turn_eyes(positions, weights)
+        return positions
+
+    def _turn_eyes(self, positions: Float32Array, weights: Float32Array) -> None:
+        def weight(name: str) -> float:
+            index = self._gaze_index.get(name)
+            return float(weights[index]) if index is not None else 0.0
+
+        for (vertices, centre), side, outward in zip(self._eyes, "LR", (1.0, -1.0), strict=True):
+            yaw = outward * (weight(f"eyeLookOut_{side}") - weight(f"eyeLookIn_{side}"))
+            pitch = weight(f"eyeLookDown_{side}") - weight(f"eyeLookUp_{side}")
+            if yaw == 0.0 and pitch == 0.0:
+                continue
+            angle = math.radians(GAZE_DEGREES)
+            turn = Pose(yaw=yaw * angle, pitch=pitch * angle).matrix()
+            positions[vertices] = (positions[vertices] - centre) @ turn.T + centre
+
+    def normals(self, positions: Float32Array) -> Float32Array:
+        """(V, 3) smooth unit normals: the area-weighted normals of the triangles around each vertex."""
+        a, b, c = (positions[self._corners[:, k]] for k in range(3))
+        faces = np.cross(b - a, c - a)
+        summed = np.asarray(self._incidence @ faces, np.float32)
+        length = np.linalg.norm(summed, axis=1, keepdims=True)
+        return summed / np.maximum(length, 1e-12)
+
+    def project(self, points: npt.ArrayLike, pose: Pose = NEUTRAL_POSE) -> Float32Array:
+        """(N, 2) pixel positions (x right, y down) of model-space points under ``pose`` and the framing."""
+        p = np.asarray(points, np.float32)
+        pivot = np.asarray(NECK_PIVOT, np.float32)
+        posed = (p - pivot) @ pose.matrix().T + pivot
+        centre = np.asarray(self.framing.centre, np.float32) + np.asarray(pose.shift, np.float32)
+        return centre + self.framing.scale * posed[:, :2] * np.array([1.0, -1.0], np.float32)
+
+    def render(self, expression: npt.ArrayLike | None = None, pose: Pose = NEUTRAL_POSE) -> npt.NDArray[np.uint8]:
+        """(H, W, 4) uint8: the head with ``expression`` (E,) weights in ``pose`` over the background (see the
+        module doc: premultiplied over the background colour, alpha the head's coverage)."""
+        positions = self.vertices(expression)
+        normals = self.normals(positions)
+        sources = self.model.render_sources
+        self._positions.write(np.ascontiguousarray(positions[sources]).tobytes())
+        self._normals.write(np.ascontiguousarray(normals[sources]).tobytes())
+        self.program["rotation"].write(np.ascontiguousarray(pose.matrix().T).tobytes())  # column-major
+        self.program["centre"].value = (self.framing.centre[0] + pose.shift[0],
+                                        self.framing.centre[1] + pose.shift[1])
+        ctx = self.ctx
+        self._fbo.use()
+        ctx.enable(ctx.DEPTH_TEST)
+        ctx.disable(ctx.CULL_FACE)
+        r, g, b = (c / 255 for c in self.background)
+        ctx.clear(r, g, b, 0.0, depth=1.0)
+        if self._texture is not None:
+            self._texture.use(0)
+        for name, first, count in self._groups:
+            textured = self._texture is not None and name == "skin"
+            self.program["textured"].value = textured
+            self.program["eye"].value = name == "eye"
+            self.program["albedo"].value = self._albedo[name]
+            self.program["occlusion"].value = _OCCLUSION[name]
+            self.program["specular"].value = _SPECULAR[name]
+            self.vao.render(first=first, vertices=count)
+        if self._resolved is not self._fbo:
+            ctx.copy_framebuffer(self._resolved, self._fbo)
+        data = self._resolved.read(components=4, alignment=1)
+        return np.frombuffer(data, np.uint8).reshape(self.height, self.width, 4)
+
+    def close(self) -> None:
+        self.ctx.release()
+
+
+def _unit(vector: tuple[float, float, float]) -> Float32Array:
+    v = np.asarray(vector, np.float32)
+    return v / np.linalg.norm(v)
