@@ -89,8 +89,8 @@ def _window_samples(phonemes: Sequence[Timing], centre: float, half_window: floa
     offsets = np.linspace(-half_window, half_window, samples)
     weights = 1.0 - np.abs(offsets) / (half_window * (1 + 1 / samples))
     classified = [(p, phoneme_viseme(p.label)) for p in phonemes]
-    visemes = [next((v for p, v in classified if v is not None and p.start <= centre + offset < p.end), Viseme.REST)
-               for offset in offsets]
+    visemes = [next((v for p, v in classified if v is not None and p.start <= centre + offset < p.end),
+                    Viseme.REST) for offset in offsets]
     return visemes, weights
 
 

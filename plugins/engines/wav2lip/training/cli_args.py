@@ -203,11 +203,50 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         description="Prepare the presenter's video, freeze the audio encoder and the face decoder and train only "
                     "the face (identity) encoder. Reports the mouth jitter against the real video before and "
                     "after."), "finetune")
+    configure_coeffs(actions.add_parser(
+        "coeffs", help="train the face3d coefficient model (speech -> 53 ARKit weights)",
+        description="Train the coefficient model on teacher data sets (`train coeffs-data`) and Live Link Face "
+                    "captures: L1 (mouth weighted) plus a velocity term. Writes metrics.json, coeffs.safetensors "
+                    "(the engine's weights file) and a resumable state to --out."))
+    configure_coeffs_data(actions.add_parser(
+        "coeffs-data", help="a teacher data set for `train coeffs`: the project's voices reading a corpus",
+        description="Have the piper and eSpeak NG voices read the bundled English and Chinese sentences, resample "
+                    "to 16 kHz and store the teacher's 25 fps ARKit coefficients from the phoneme timings, with "
+                    "held-out sentences and a held-out voice."))
     configure_generator(actions.add_parser(
         "gan", help="refine a generator with the visual-quality discriminator (expert frozen)",
         description="Train the generator with the adversarial term of the visual-quality discriminator added "
                     "(Adam betas 0.5, 0.999 for both), the expert frozen. Writes generator.safetensors and "
                     "discriminator.safetensors."), "gan")
+
+
+def configure_coeffs(parser: argparse.ArgumentParser) -> None:
+    """``train coeffs``: the face3d coefficient model (implemented in face3d's :mod:`.training`)."""
+    parser.add_argument("--data", type=Path, action="append", metavar="TEACHER_SET",
+                        help="a teacher data set folder (`train coeffs-data`); may be repeated")
+    parser.add_argument("--livelink", type=Path, action="append", metavar="FOLDER",
+                        help="a folder of Live Link Face CSV files, each with its WAV beside it; may be repeated")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder to write")
+    parser.add_argument("--from", dest="init", default=None, metavar="WEIGHTS",
+                        help="coefficient-model weights to start from (e.g. the shipped ones, to fine-tune)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps (2000)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop with a checkpoint after this many minutes (continue with --resume)")
+    parser.add_argument("--batch", type=int, default=8, help="utterances per step (8)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (0.001)")
+    parser.add_argument("--crop-seconds", type=float, default=4.0, help="longest stretch of an utterance (4.0)")
+    parser.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (100)")
+    parser.add_argument("--eval-every", type=int, default=100, help="held-out loss every N steps (100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
+def configure_coeffs_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="TEACHER_SET", help="data set folder to write")
+    parser.add_argument("--sentences", type=int, default=None,
+                        help="sentences of each language to speak (default: all of the bundled corpus)")
+    parser.add_argument("--languages", default="en,zh", help="corpus languages to speak (en,zh)")
 
 
 def run_train(host: object, args: argparse.Namespace) -> int:
@@ -228,6 +267,15 @@ def run_train(host: object, args: argparse.Namespace) -> int:
         from anchorcast_plugins.engines.wav2lip.training.generator import run_generator
 
         return run_generator(host, args, args.train_action)
+    if args.train_action == "coeffs":
+        from anchorcast_plugins.engines.face3d.training import run_coeffs
+
+        return run_coeffs(host, args)
+    if args.train_action == "coeffs-data":
+        from anchorcast_plugins.engines.face3d.training_data import run_coeffs_data
+
+        return run_coeffs_data(host, args)
     from anchorcast.errors import InputError
 
-    raise InputError(f"unknown train action {args.train_action!r}", hint="use prepare, synth, syncnet, generator, finetune or gan")
+    raise InputError(f"unknown train action {args.train_action!r}",
+                     hint="use prepare, synth, syncnet, generator, finetune, gan, coeffs or coeffs-data")
