@@ -236,6 +236,19 @@ def heldout_l1(model: CoefficientModel, items: Sequence[Item], config: CoeffsCon
     return {key: value / len(items) for key, value in totals.items()}
 
 
+def initial_model(config: CoeffsConfig) -> CoefficientModel:
+    """The model a run starts from: ``--from`` weights, or seeded random weights whose outputs start near 0 (the
+    rest pose) rather than 0.5. Seeds the global generators (dropout draws from torch's)."""
+    set_seeds(config.seed)
+    model = CoefficientModel(CoefficientConfig(), shipped_expression_names())
+    if config.init:
+        model.load_state_dict(CoefficientModel.load(Path(config.init)).state_dict())
+    else:
+        with torch.no_grad():
+            model.head.bias.fill_(-4.0)
+    return model.train()
+
+
 def train_coeffs(config: CoeffsConfig, console: Console | None = None) -> dict[str, Any]:
     """Runs (or with ``config.resume`` continues) a training run; returns its metrics. Raises
     :class:`TrainingInterrupted` after saving on Ctrl-C."""
@@ -251,14 +264,7 @@ def train_coeffs(config: CoeffsConfig, console: Console | None = None) -> dict[s
     run.metrics["data"] = {"train_items": len(train), "heldout_items": len(heldout),
                            "train_seconds": round(sum(len(i.audio) for i in train) / SAMPLE_RATE, 1),
                            "voices": sorted({i.voice for i in train})}
-    set_seeds(config.seed)
-    model = CoefficientModel(CoefficientConfig(), names)
-    if config.init:
-        model.load_state_dict(CoefficientModel.load(Path(config.init)).state_dict())
-    else:
-        with torch.no_grad():  # start at the rest pose: every coefficient near 0, not 0.5
-            model.head.bias.fill_(-4.0)
-    model.train()
+    model = initial_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     loss = CoeffsLoss(names, config.mouth_weight, config.velocity_weight)
     step = 0

@@ -42,7 +42,8 @@ def _create_engine(host: Any, settings: dict[str, Any]) -> Any:
 def anchorcast_register_commands(host: Any, register: Any) -> None:
     register("weights", _configure_weights, _run_weights, summary="import and list Wav2Lip weights")
     register("avatar", _configure_avatar, _run_avatar, summary="prepare an avatar folder from a portrait or video")
-    register("train", _configure_train, _run_train, summary="prepare data and train a personal anchor")
+    register("train", _configure_train, _run_train,
+             summary="prepare data and train a personal anchor; train the face3d coefficient model")
 
 
 def _configure_weights(parser: Any) -> None:
