@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,9 @@ import numpy.typing as npt
 from anchorcast.errors import InputError
 
 from .coeff_model import SAMPLE_RATE, shipped_expression_names
+
+if TYPE_CHECKING:
+    from .training_data import Item
 
 TIMECODE_RATE = 60
 """Live Link Face's default timecode frame rate (the ``FF`` field)."""
@@ -157,10 +161,10 @@ def load_take(csv_path: Path, fps: Fraction | int = 25, rate: int = TIMECODE_RAT
     return audio[: int(frames * SAMPLE_RATE // Fraction(fps))], capture.resampled(fps, frames)
 
 
-def load_livelink_folder(folder: Path, fps: Fraction | int = 25, heldout_every: int = 10) -> list:
+def load_livelink_folder(folder: Path, fps: Fraction | int = 25, heldout_every: int = 10) -> list[Item]:
     """Every take (``*.csv`` with its ``.wav``) in ``folder`` as training items; every ``heldout_every``-th take
     (sorted by name) is held out. The voice is the folder's name (one performer per folder)."""
-    from .training_data import Item
+    from .training_data import Item  # noqa: F811 (the class, at run time)
 
     if not folder.is_dir():
         raise InputError(f"Live Link Face folder {folder} not found")
