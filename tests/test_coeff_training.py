@@ -26,6 +26,7 @@ from anchorcast_plugins.engines.face3d.training import (
 from anchorcast_plugins.engines.face3d.training_data import HELDOUT_VOICE, VOICES, build_dataset, load_dataset
 from anchorcast_plugins.engines.face3d.training_eval import compare
 from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_train, run_train
+from tests.test_livelink import write_take
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -122,3 +123,13 @@ def test_the_cli_refuses_missing_data_clearly(tmp_path: Path) -> None:
     args = parser.parse_args(["coeffs-data", "--out", str(tmp_path / "set"), "--languages", "fr"])
     with pytest.raises(InputError, match="en and zh, not fr"):
         run_train(None, args)
+
+
+def test_live_link_takes_train_alongside_the_teacher(teacher_set: Path, tmp_path: Path) -> None:
+    for k in range(3):
+        write_take(tmp_path / "takes" / "anna", f"take{k:02d}", seconds=1.5)
+    settings = config(teacher_set, tmp_path / "run", livelink=[str(tmp_path / "takes" / "anna")], steps=2)
+    train, heldout = load_items(settings)
+    assert {item.voice for item in train} == {"espeak-en", "livelink-anna"}
+    assert "livelink-anna" in {item.voice for item in heldout}
+    assert train_coeffs(settings)["finished"]

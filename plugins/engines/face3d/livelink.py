@@ -162,8 +162,9 @@ def load_take(csv_path: Path, fps: Fraction | int = 25, rate: int = TIMECODE_RAT
 
 
 def load_livelink_folder(folder: Path, fps: Fraction | int = 25, heldout_every: int = 10) -> list[Item]:
-    """Every take (``*.csv`` with its ``.wav``) in ``folder`` as training items; every ``heldout_every``-th take
-    (sorted by name) is held out. The voice is the folder's name (one performer per folder)."""
+    """Every take (``*.csv`` with its ``.wav``) in ``folder`` as training items. The last take (sorted by name)
+    and every ``heldout_every``-th before it are held out, when there are two or more. The voice is the folder's
+    name (one performer per folder)."""
     from .training_data import Item  # noqa: F811 (the class, at run time)
 
     if not folder.is_dir():
@@ -174,6 +175,7 @@ def load_livelink_folder(folder: Path, fps: Fraction | int = 25, heldout_every: 
     items = []
     for index, path in enumerate(takes):
         audio, target = load_take(path, fps)
-        split = "heldout-sentence" if heldout_every and index % heldout_every == heldout_every - 1 else "train"
+        last = len(takes) - 1
+        split = "heldout-sentence" if last and (last - index) % heldout_every == 0 else "train"
         items.append(Item(f"livelink-{folder.name}-{path.stem}", audio, target, f"livelink-{folder.name}", split))
     return items
