@@ -32,6 +32,8 @@ SETTINGS: dict[str, Setting] = {
                           "matte and shows it transparent)"),
     "mouth_scale": Setting(float, 1.0, "how far the jaw and lips move: 0 never, 1 as the model says, up to 3",
                            minimum=0.0, maximum=3.0),
+    "antialias": Setting(int, 0, "multisampling for smooth edges: 0 off, 2, 4 or 8 samples (on llvmpipe 4 "
+                         "costs about 2.5 times the render time: scripts/bench_face3d.py)", choices=(0, 2, 4, 8)),
     "idle_motion": Setting(str, "auto", "blinks, small gaze shifts and head sway: on, off, or auto (on in the "
                            "studio server's sessions, which stay on air)", choices=("auto", "on", "off")),
 }

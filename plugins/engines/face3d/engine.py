@@ -52,7 +52,9 @@ class Face3DEngine:
     def __init__(self, model: CoefficientModel, face: FaceModel, *, identity: npt.ArrayLike | None = None,
                  skin: tuple[int, int, int] = DEFAULT_SKIN, texture: npt.NDArray[np.uint8] | None = None,
                  background: tuple[int, int, int] = DEFAULT_BACKGROUND, idle_motion: bool = False,
-                 mouth_scale: float = 1.0, logits: LogitsFunction | None = None) -> None:
+                 mouth_scale: float = 1.0, samples: int = 0, logits: LogitsFunction | None = None) -> None:
+        """``logits``: how the model's token pass runs (default: the exported runtime :mod:`.export` prefers,
+        else torch)."""
         if tuple(model.expression_names) != tuple(face.expression_names):
             raise InputError("face3d: the coefficient model's expressions do not match the face model's",
                              hint="use weights trained for the shipped head (anchorcast train coeffs)")
@@ -62,6 +64,7 @@ class Face3DEngine:
         self.skin, self.texture, self.background = skin, texture, background
         self.idle_motion = idle_motion
         self.mouth_scale = mouth_scale
+        self.samples = samples
         self._logits = logits
         self.lookbehind = model.lookbehind_samples / 16000
         names = face.expression_names
@@ -79,13 +82,17 @@ class Face3DEngine:
 
     def open(self, fmt: StreamFormat) -> None:
         self._fmt = fmt
+        if self._logits is None:
+            from .export import best_logits
+
+            self._logits = best_logits(self.model)
         self._coefficients = BatchCoefficients(self.model, fmt.fps, fmt.sample_rate, self._logits)
         self.lookbehind = self._coefficients.lookbehind_s
         self._motion = IdleMotion(fmt.fps, self.face.expression_names) if self.idle_motion else None
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="anchorcast-face3d")
         self._renderer = self._on_worker(lambda: HeadRenderer(
             self.face, fmt.width, fmt.height, identity=self.identity, skin=self.skin, texture=self.texture,
-            background=self.background))
+            background=self.background, samples=self.samples))
         if self._motion is None:
             self._still = self._draw(np.zeros(len(self.face.expression_names), np.float32), 0)
             self._still.flags.writeable = False
@@ -196,4 +203,5 @@ def create_engine(settings: Mapping[str, Any], on_air: bool = False) -> Face3DEn
     texture = settings.get("texture")
     return Face3DEngine(model, face, identity=_identity(settings.get("identity")), skin=skin,
                         texture=_texture(Path(texture) if texture is not None else None), background=background,
-                        idle_motion=idle_motion, mouth_scale=float(settings.get("mouth_scale", 1.0)))
+                        idle_motion=idle_motion, mouth_scale=float(settings.get("mouth_scale", 1.0)),
+                        samples=int(settings.get("antialias", 0)))

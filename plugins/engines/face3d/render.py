@@ -186,12 +186,16 @@ def _triangle_surfaces(model: FaceModel) -> npt.NDArray[np.int64]:
 
 class HeadRenderer:
     """Renders the head of ``model`` at ``width`` x ``height`` pixels; one OpenGL context, used from the thread
-    that made the renderer (callers from other threads go through one worker thread, as the engine does)."""
+    that made the renderer (callers from other threads go through one worker thread, as the engine does).
+
+    ``samples``: multisampling for smooth edges (4 is smooth; on llvmpipe it costs about 2.5 times the render
+    time, see ``scripts/bench_face3d.py``); 0, the default, draws aliased edges. ``cull_hidden`` leaves out the
+    triangles a front camera never sees (:mod:`.visibility`)."""
 
     def __init__(self, model: FaceModel, width: int, height: int, *, identity: npt.ArrayLike | None = None,
                  skin: tuple[int, int, int] = DEFAULT_SKIN, texture: npt.NDArray[np.uint8] | None = None,
                  background: tuple[int, int, int] = (0, 0, 0), framing: Framing | None = None,
-                 samples: int = 4, cull_hidden: bool = True) -> None:
+                 samples: int = 0, cull_hidden: bool = True) -> None:
         import moderngl
 
         self.model = model
@@ -221,22 +225,22 @@ class HeadRenderer:
             shown = visible_triangles(self, model.expression_names)
             self.triangles = self.triangles[shown[self.triangles]]
         self._use_triangles(self.triangles)
-        renders = model.render_vertex_count
+        renders = len(self._drawn)
         self._positions = ctx.buffer(reserve=renders * 12, dynamic=True)
         self._normals = ctx.buffer(reserve=renders * 12, dynamic=True)
-        uvs = ctx.buffer(np.ascontiguousarray(model.render_uvs, np.float32).tobytes())
-        eye_radius = ctx.buffer(self._eye_radii().tobytes())
-        indices = ctx.buffer(np.ascontiguousarray(model.triangles[self._order], np.int32).tobytes())
+        uvs = ctx.buffer(np.ascontiguousarray(model.render_uvs[self._drawn], np.float32).tobytes())
+        eye_radius = ctx.buffer(self._eye_radii()[self._drawn].tobytes())
+        indices = ctx.buffer(self._indices.tobytes())
         self.vao = ctx.vertex_array(self.program, [(self._positions, "3f", "in_position"),
                                                    (self._normals, "3f", "in_normal"), (uvs, "2f", "in_uv"),
                                                    (eye_radius, "1f", "in_eye")],
                                     index_buffer=indices, index_element_size=4)
-        samples = min(samples, ctx.max_samples)
+        samples = min(samples, ctx.max_samples) if samples > 1 else 0  # moderngl: 0 is a plain renderbuffer
         size = (width, height)
         self._fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer(size, 4, samples=samples)],
                                     depth_attachment=ctx.depth_renderbuffer(size, samples=samples))
         self._resolved = (ctx.framebuffer(color_attachments=[ctx.renderbuffer(size, 4)])
-                          if samples > 1 else self._fbo)
+                          if samples else self._fbo)
         self._texture = None
         if texture is not None:
             image = np.ascontiguousarray(texture[..., :3], np.uint8)
@@ -260,8 +264,18 @@ class HeadRenderer:
                                                   shape=(model.vertex_count, len(corners)))
         surfaces = _triangle_surfaces(model)[triangles]
         order = np.argsort(surfaces, kind="stable")
-        self._order = triangles[order]
         bounds = np.searchsorted(surfaces[order], np.arange(len(SURFACES) + 1))
+        # Only the render vertices the drawn triangles use go to OpenGL, each group's its own copies: llvmpipe
+        # shades every vertex in a draw's index range, so a compact range per draw saves most of the vertex work.
+        drawn, indices = [], []
+        for k in range(len(SURFACES)):
+            group = model.triangles[triangles[order][bounds[k]:bounds[k + 1]]]
+            used, local = np.unique(group.reshape(-1), return_inverse=True)
+            indices.append(local.astype(np.int32) + sum(len(d) for d in drawn))
+            drawn.append(used)
+        self._drawn = np.concatenate(drawn)
+        self._indices = np.ascontiguousarray(np.concatenate(indices), np.int32)
+        self._drawn_sources = model.render_sources[self._drawn]
         self._groups = [(SURFACES[k], int(bounds[k]) * 3, int(bounds[k + 1] - bounds[k]) * 3)
                         for k in range(len(SURFACES)) if bounds[k + 1] > bounds[k]]
 
@@ -330,7 +344,7 @@ class HeadRenderer:
         module doc: premultiplied over the background colour, alpha the head's coverage)."""
         positions = self.vertices(expression)
         normals = self.normals(positions)
-        sources = self.model.render_sources
+        sources = self._drawn_sources
         self._positions.write(np.ascontiguousarray(positions[sources]).tobytes())
         self._normals.write(np.ascontiguousarray(normals[sources]).tobytes())
         self.program["rotation"].write(np.ascontiguousarray(pose.matrix().T).tobytes())  # column-major
