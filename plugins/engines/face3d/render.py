@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -27,30 +28,22 @@ import scipy.sparse
 from anchorcast.errors import InputError
 
 from .asset import FaceModel
+from .materials import (
+    DEFAULT_COLOURS,
+    DEFAULT_SKIN,
+    INSIDE,
+    IRIS_RADIUS,
+    OCCLUSION,
+    PUPIL_RADIUS,
+    SPECULAR,
+    SURFACES,
+    lip_weights,
+    parse_colour,
+    triangle_surfaces,
+)
 
 Float32Array = npt.NDArray[np.float32]
 
-SURFACES = ("skin", "eye_socket", "mouth_socket", "gums_tongue", "teeth", "eye")
-"""The groups the triangles are drawn in, each with one colour (:data:`DEFAULT_COLOURS`; the eye: sclera, iris
-and pupil by the distance from its axis)."""
-DEFAULT_SKIN = (224, 172, 140)
-DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
-    "eye_socket": (196, 120, 110),
-    "mouth_socket": (70, 18, 22),
-    "gums_tongue": (196, 84, 92),
-    "teeth": (240, 234, 218),
-    "eye": (236, 234, 228),
-    "iris": (84, 60, 40),
-    "pupil": (12, 10, 10),
-}
-IRIS_RADIUS = 0.62
-PUPIL_RADIUS = 0.24
-"""Centimetres from the eye's axis (the eyeball's radius is about 1.2)."""
-# How much light reaches each surface (inside the mouth is shadowed by the lips and cheeks).
-_OCCLUSION = {"skin": 1.0, "eye_socket": 0.8, "mouth_socket": 0.35, "gums_tongue": 0.6, "teeth": 0.85,
-              "eye": 0.9}
-_SPECULAR = {"skin": 0.12, "eye_socket": 0.05, "mouth_socket": 0.0, "gums_tongue": 0.15, "teeth": 0.25,
-             "eye": 0.5}
 GAZE_DEGREES = 25.0
 """How far an eye turns at eyeLook* = 1 (ARKit's shapes span about that)."""
 NECK_PIVOT = (0.0, -8.0, 0.0)
@@ -62,6 +55,7 @@ in vec3 in_position;
 in vec3 in_normal;
 in vec2 in_uv;
 in float in_eye;
+in float in_lip;
 uniform mat3 rotation;
 uniform vec3 pivot;
 uniform float scale;
@@ -70,7 +64,11 @@ uniform vec2 viewport;
 out vec3 v_normal;
 out vec2 v_uv;
 out float v_eye;
+out float v_depth;
+out float v_lip;
 void main() {
+    v_depth = in_position.z;
+    v_lip = in_lip;
     vec3 p = rotation * (in_position - pivot) + pivot;
     vec2 pixel = centre + vec2(p.x, -p.y) * scale;
     // y flipped: row 0 of the framebuffer is the top of the image, as numpy wants it
@@ -86,13 +84,18 @@ _FRAGMENT_SHADER = """
 in vec3 v_normal;
 in vec2 v_uv;
 in float v_eye;
+in float v_depth;
+in float v_lip;
 uniform vec3 albedo;
+uniform vec3 lips;
+uniform vec2 cavity;
 uniform bool eye;
 uniform vec3 iris;
 uniform vec3 pupil;
 uniform vec2 eye_radii;
 uniform float occlusion;
 uniform float specular;
+uniform float shininess;
 uniform bool textured;
 uniform sampler2D skin_texture;
 uniform vec3 light_direction;
@@ -102,7 +105,7 @@ out vec4 colour;
 void main() {
     vec3 n = normalize(v_normal);
     if (n.z < 0.0) n = -n;  // two-sided: the mouth socket is seen from inside
-    vec3 base = textured ? texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb : albedo;
+    vec3 base = textured ? texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb : mix(albedo, lips, v_lip);
     if (eye) {
         float edge = fwidth(v_eye);
         vec3 ring = iris * mix(1.0, 0.55, smoothstep(0.6 * eye_radii.y, eye_radii.y, v_eye));
@@ -112,8 +115,10 @@ void main() {
     base = pow(base, vec3(2.2));
     float diffuse = max(dot(n, light_direction), 0.0);
     vec3 halfway = normalize(light_direction + vec3(0.0, 0.0, 1.0));
-    float shine = specular * pow(max(dot(n, halfway), 0.0), 40.0) * step(0.0, diffuse);
-    vec3 linear = (base * (ambient + diffuse * light_colour) + shine * light_colour) * occlusion;
+    float shine = specular * pow(max(dot(n, halfway), 0.0), shininess) * step(0.0, diffuse);
+    // inside the mouth light fades with depth behind the lips (cavity.y >= cavity.x only for those surfaces)
+    float inside = cavity.y > cavity.x ? mix(0.12, 1.0, smoothstep(cavity.x, cavity.y, v_depth)) : 1.0;
+    vec3 linear = (base * (ambient + diffuse * light_colour) + shine * light_colour) * occlusion * inside;
     colour = vec4(pow(clamp(linear, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
 }
 """
@@ -158,44 +163,19 @@ class Framing:
         return cls(scale, (width / 2, 0.05 * height + scale * top))
 
 
-def parse_colour(value: str, key: str = "colour") -> tuple[int, int, int]:
-    """``"#RRGGBB"`` as an (r, g, b) tuple; an InputError naming ``key`` otherwise."""
-    text = value.strip()
-    if len(text) == 7 and text.startswith("#"):
-        try:
-            return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
-        except ValueError:
-            pass
-    raise InputError(f"face3d: {key} = {value!r} is not a colour \"#RRGGBB\"", hint=f'for example {key} = "#e0ac8c"')
-
-
-def _triangle_surfaces(model: FaceModel) -> npt.NDArray[np.int64]:
-    """Each triangle's surface (an index into :data:`SURFACES`) by its first corner's part; -1 for the eyes'
-    inner spheres (ICT-FaceKit's iris material, a textured ball inside the clear outer one), never drawn: the
-    outer ball is coloured by the distance from the eye's axis instead."""
-    part_of = {"face": "skin", "head_neck": "skin", "eye_socket_left": "eye_socket",
-               "eye_socket_right": "eye_socket", "mouth_socket": "mouth_socket", "gums_tongue": "gums_tongue",
-               "teeth_upper": "teeth", "teeth_lower": "teeth", "eyeball_left": "eye", "eyeball_right": "eye"}
-    by_part = np.array([SURFACES.index(part_of.get(name, "skin")) for name in model.part_names])
-    surfaces = by_part[model.vertex_parts[model.render_sources[model.triangles[:, 0]]]]
-    for code, material in enumerate(model.material_names):
-        if "iris" in material.lower():
-            surfaces[model.triangle_materials == code] = -1
-    return surfaces
-
-
 class HeadRenderer:
     """Renders the head of ``model`` at ``width`` x ``height`` pixels; one OpenGL context, used from the thread
     that made the renderer (callers from other threads go through one worker thread, as the engine does).
 
-    ``samples``: multisampling for smooth edges (4 is smooth; on llvmpipe it costs about 2.5 times the render
+    ``colours`` overrides :data:`DEFAULT_COLOURS` by surface (and ``iris``, ``pupil``, ``lips``). ``samples``: multisampling for smooth edges (4 is smooth; on llvmpipe it costs about 2.5 times the render
     time, see ``scripts/bench_face3d.py``); 0, the default, draws aliased edges. ``cull_hidden`` leaves out the
     triangles a front camera never sees (:mod:`.visibility`)."""
 
     def __init__(self, model: FaceModel, width: int, height: int, *, identity: npt.ArrayLike | None = None,
                  skin: tuple[int, int, int] = DEFAULT_SKIN, texture: npt.NDArray[np.uint8] | None = None,
                  background: tuple[int, int, int] = (0, 0, 0), framing: Framing | None = None,
-                 samples: int = 0, cull_hidden: bool = True) -> None:
+                 samples: int = 0, cull_hidden: bool = True,
+                 colours: Mapping[str, tuple[int, int, int]] | None = None) -> None:
         import moderngl
 
         self.model = model
@@ -206,8 +186,11 @@ class HeadRenderer:
         self.base = model.vertices(None, identity_weights)
         self._deltas = model.expression_deltas.astype(np.float32).reshape(len(model.expression_names), -1)
         self._eyes = [self._eye(side) for side in ("left", "right")]
+        # The mouth's depth range: from well behind the teeth (dark) to the front of the upper teeth (lit).
+        teeth = self.base[model.part_mask("teeth_upper"), 2] if "teeth_upper" in model.part_names else self.base[:, 2]
+        self._cavity = (float(teeth.max()) - 4.0, float(teeth.max()))
         self._gaze_index = {name: i for i, name in enumerate(model.expression_names) if name.startswith("eyeLook")}
-        colours = {"skin": skin, **DEFAULT_COLOURS}
+        colours = {"skin": skin, **DEFAULT_COLOURS, **(colours or {})}
         self._albedo = {name: tuple(c / 255 for c in colours[name]) for name in colours}
 
         try:
@@ -218,7 +201,7 @@ class HeadRenderer:
                              "see scripts/install-test-deps.sh") from None
         ctx = self.ctx
         self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
-        self.triangles = np.flatnonzero(_triangle_surfaces(model) >= 0)
+        self.triangles = np.flatnonzero(triangle_surfaces(model) >= 0)
         if cull_hidden:
             from .visibility import visible_triangles
 
@@ -230,10 +213,11 @@ class HeadRenderer:
         self._normals = ctx.buffer(reserve=renders * 12, dynamic=True)
         uvs = ctx.buffer(np.ascontiguousarray(model.render_uvs[self._drawn], np.float32).tobytes())
         eye_radius = ctx.buffer(self._eye_radii()[self._drawn].tobytes())
+        lip = ctx.buffer(np.ascontiguousarray(lip_weights(model, self.base)[self._drawn_sources]).tobytes())
         indices = ctx.buffer(self._indices.tobytes())
         self.vao = ctx.vertex_array(self.program, [(self._positions, "3f", "in_position"),
                                                    (self._normals, "3f", "in_normal"), (uvs, "2f", "in_uv"),
-                                                   (eye_radius, "1f", "in_eye")],
+                                                   (eye_radius, "1f", "in_eye"), (lip, "1f", "in_lip")],
                                     index_buffer=indices, index_element_size=4)
         samples = min(samples, ctx.max_samples) if samples > 1 else 0  # moderngl: 0 is a plain renderbuffer
         size = (width, height)
@@ -249,7 +233,7 @@ class HeadRenderer:
         uniforms = {"pivot": NECK_PIVOT, "scale": self.framing.scale, "viewport": (float(width), float(height)),
                     "light_direction": tuple(_unit((-0.35, 0.45, 0.82))), "light_colour": (0.9, 0.88, 0.84),
                     "ambient": (0.32, 0.33, 0.36), "skin_texture": 0, "iris": self._albedo["iris"],
-                    "pupil": self._albedo["pupil"], "eye_radii": (PUPIL_RADIUS, IRIS_RADIUS)}
+                    "pupil": self._albedo["pupil"], "lips": self._albedo["lips"], "eye_radii": (PUPIL_RADIUS, IRIS_RADIUS)}
         for name, value in uniforms.items():
             self.program[name].value = value
 
@@ -262,7 +246,7 @@ class HeadRenderer:
         columns = np.repeat(np.arange(len(corners)), 3)
         self._incidence = scipy.sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, columns)),
                                                   shape=(model.vertex_count, len(corners)))
-        surfaces = _triangle_surfaces(model)[triangles]
+        surfaces = triangle_surfaces(model)[triangles]
         order = np.argsort(surfaces, kind="stable")
         bounds = np.searchsorted(surfaces[order], np.arange(len(SURFACES) + 1))
         # Only the render vertices the drawn triangles use go to OpenGL, each group's its own copies: llvmpipe
@@ -345,12 +329,17 @@ class HeadRenderer:
         positions = self.vertices(expression)
         normals = self.normals(positions)
         sources = self._drawn_sources
-        self._positions.write(np.ascontiguousarray(positions[sources]).tobytes())
-        self._normals.write(np.ascontiguousarray(normals[sources]).tobytes())
-        self.program["rotation"].write(np.ascontiguousarray(pose.matrix().T).tobytes())  # column-major
-        self.program["centre"].value = (self.framing.centre[0] + pose.shift[0],
-                                        self.framing.centre[1] + pose.shift[1])
-        ctx = self.ctx
+        with self.ctx:  # current on this thread for the draw (another renderer's context may be)
+            self._positions.write(np.ascontiguousarray(positions[sources]).tobytes())
+            self._normals.write(np.ascontiguousarray(normals[sources]).tobytes())
+            self.program["rotation"].write(np.ascontiguousarray(pose.matrix().T).tobytes())  # column-major
+            self.program["centre"].value = (self.framing.centre[0] + pose.shift[0],
+                                            self.framing.centre[1] + pose.shift[1])
+            data = self._draw()
+        return np.frombuffer(data, np.uint8).reshape(self.height, self.width, 4)
+
+    def _draw(self) -> bytes:
+        ctx, program = self.ctx, self.program
         self._fbo.use()
         ctx.enable(ctx.DEPTH_TEST)
         ctx.disable(ctx.CULL_FACE)
@@ -359,17 +348,17 @@ class HeadRenderer:
         if self._texture is not None:
             self._texture.use(0)
         for name, first, count in self._groups:
-            textured = self._texture is not None and name == "skin"
-            self.program["textured"].value = textured
-            self.program["eye"].value = name == "eye"
-            self.program["albedo"].value = self._albedo[name]
-            self.program["occlusion"].value = _OCCLUSION[name]
-            self.program["specular"].value = _SPECULAR[name]
+            program["textured"].value = self._texture is not None and name == "skin"
+            program["eye"].value = name == "eye"
+            program["cavity"].value = self._cavity if name in INSIDE else (0.0, 0.0)
+            program["albedo"].value = self._albedo[name]
+            program["occlusion"].value = OCCLUSION[name]
+            program["specular"].value = SPECULAR[name]
+            program["shininess"].value = 200.0 if name == "eye" else 40.0
             self.vao.render(first=first, vertices=count)
         if self._resolved is not self._fbo:
             ctx.copy_framebuffer(self._resolved, self._fbo)
-        data = self._resolved.read(components=4, alignment=1)
-        return np.frombuffer(data, np.uint8).reshape(self.height, self.width, 4)
+        return self._resolved.read(components=4, alignment=1)
 
     def close(self) -> None:
         self.ctx.release()
