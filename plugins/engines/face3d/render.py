@@ -44,6 +44,8 @@ from .materials import (
 
 Float32Array = npt.NDArray[np.float32]
 
+MIN_WEIGHT = 0.004
+"""Weights below this are not blended (a sigmoid never outputs 0; 0.004 of the widest shape is under 0.02 cm)."""
 GAZE_DEGREES = 25.0
 """How far an eye turns at eyeLook* = 1 (ARKit's shapes span about that)."""
 NECK_PIVOT = (0.0, -8.0, 0.0)
@@ -185,6 +187,7 @@ class HeadRenderer:
         identity_weights = None if identity is None else np.asarray(identity, np.float32)
         self.base = model.vertices(None, identity_weights)
         self._deltas = model.expression_deltas.astype(np.float32).reshape(len(model.expression_names), -1)
+        self._moving: npt.NDArray[np.intp] | None = None  # the vertices blended (None: all)
         self._eyes = [self._eye(side) for side in ("left", "right")]
         # The mouth's depth range: from well behind the teeth (dark) to the front of the upper teeth (lit).
         teeth = self.base[model.part_mask("teeth_upper"), 2] if "teeth_upper" in model.part_names else self.base[:, 2]
@@ -208,6 +211,9 @@ class HeadRenderer:
             shown = visible_triangles(self, model.expression_names)
             self.triangles = self.triangles[shown[self.triangles]]
         self._use_triangles(self.triangles)
+        # only the drawn triangles' vertices need blending: the rest of the head keeps its rest shape
+        self._moving = np.unique(self._corners)
+        self._deltas = self._deltas.reshape(len(self._deltas), -1, 3)[:, self._moving].reshape(len(self._deltas), -1)
         renders = len(self._drawn)
         self._positions = ctx.buffer(reserve=renders * 12, dynamic=True)
         self._normals = ctx.buffer(reserve=renders * 12, dynamic=True)
@@ -255,6 +261,8 @@ class HeadRenderer:
         for k in range(len(SURFACES)):
             group = model.triangles[triangles[order][bounds[k]:bounds[k + 1]]]
             used, local = np.unique(group.reshape(-1), return_inverse=True)
+            local = local.reshape(-1, 3)
+            local = local[np.argsort(local.min(axis=1), kind="stable")]  # neighbours together: vertex reuse
             indices.append(local.astype(np.int32) + sum(len(d) for d in drawn))
             drawn.append(used)
         self._drawn = np.concatenate(drawn)
@@ -281,15 +289,20 @@ class HeadRenderer:
         return vertices, centre.astype(np.float32)
 
     def vertices(self, expression: npt.ArrayLike | None = None) -> Float32Array:
-        """(V, 3) model-vertex positions for the weights (E,): the identity's head, the nonzero expression
-        weights blended in, the eyeballs turned by the gaze weights."""
+        """(V, 3) model-vertex positions for the weights (E,): the identity's head, the expression weights of
+        at least :data:`MIN_WEIGHT` blended in, the eyeballs turned by the gaze weights. With ``cull_hidden``
+        only the drawn triangles' vertices move; the rest keep the rest shape."""
         positions = self.base.copy()
         if expression is None:
             return positions
         weights = np.asarray(expression, np.float32)
-        used = np.flatnonzero(weights)
+        used = np.flatnonzero(np.abs(weights) >= MIN_WEIGHT)
         if used.size:
-            positions += (weights[used] @ self._deltas[used]).reshape(-1, 3)
+            moved = (weights[used] @ self._deltas[used]).reshape(-1, 3)
+            if self._moving is None:
+                positions += moved
+            else:
+                positions[self._moving] += moved
         self._turn_eyes(positions, weights)
         return positions
 
