@@ -148,4 +148,4 @@ def test_a_profile_that_is_not_utf8_is_a_clear_error(host: Host, tmp_path: Path)
 @pytest.mark.parametrize("name", sorted(bundled_profiles()))
 def test_every_bundled_profile_validates(host: Host, name: str) -> None:
     profile = host.load_profile(bundled_profiles()[name])
-    assert profile.outputs and profile.engine.use in {"viseme", "wav2lip"}
+    assert profile.outputs and profile.engine.use in {"viseme", "wav2lip", "face3d"}
