@@ -44,6 +44,8 @@ from .materials import (
 
 Float32Array = npt.NDArray[np.float32]
 
+CLOSED = ("skin", "teeth", "eye")
+"""Surfaces seen only from outside, whose back faces need not be drawn (the mouth's inside is seen from within)."""
 MIN_WEIGHT = 0.004
 """Weights below this are not blended (a sigmoid never outputs 0; 0.004 of the widest shape is under 0.02 cm)."""
 GAZE_DEGREES = 25.0
@@ -107,21 +109,25 @@ out vec4 colour;
 void main() {
     vec3 n = normalize(v_normal);
     if (n.z < 0.0) n = -n;  // two-sided: the mouth socket is seen from inside
-    vec3 base = textured ? texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb : mix(albedo, lips, v_lip);
+    // colours arrive linear (squared: gamma 2, cheaper than 2.2 on a CPU rasteriser); the texture is squared here
+    vec3 base = mix(albedo, lips, v_lip);
+    if (textured) {
+        base = texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb;
+        base *= base;
+    }
     if (eye) {
         float edge = fwidth(v_eye);
         vec3 ring = iris * mix(1.0, 0.55, smoothstep(0.6 * eye_radii.y, eye_radii.y, v_eye));
         base = mix(pupil, ring, smoothstep(eye_radii.x - edge, eye_radii.x + edge, v_eye));
         base = mix(base, albedo, smoothstep(eye_radii.y - edge, eye_radii.y + edge, v_eye));
     }
-    base = pow(base, vec3(2.2));
     float diffuse = max(dot(n, light_direction), 0.0);
     vec3 halfway = normalize(light_direction + vec3(0.0, 0.0, 1.0));
     float shine = specular * pow(max(dot(n, halfway), 0.0), shininess) * step(0.0, diffuse);
     // inside the mouth light fades with depth behind the lips (cavity.y >= cavity.x only for those surfaces)
     float inside = cavity.y > cavity.x ? mix(0.12, 1.0, smoothstep(cavity.x, cavity.y, v_depth)) : 1.0;
     vec3 linear = (base * (ambient + diffuse * light_colour) + shine * light_colour) * occlusion * inside;
-    colour = vec4(pow(clamp(linear, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
+    colour = vec4(sqrt(clamp(linear, 0.0, 1.0)), 1.0);
 }
 """
 
@@ -177,13 +183,14 @@ class HeadRenderer:
                  skin: tuple[int, int, int] = DEFAULT_SKIN, texture: npt.NDArray[np.uint8] | None = None,
                  background: tuple[int, int, int] = (0, 0, 0), framing: Framing | None = None,
                  samples: int = 0, cull_hidden: bool = True,
-                 colours: Mapping[str, tuple[int, int, int]] | None = None) -> None:
+                 colours: Mapping[str, tuple[int, int, int]] | None = None, cull_back_faces: bool = True) -> None:
         import moderngl
 
         self.model = model
         self.width, self.height = width, height
         self.framing = framing or Framing.for_size(model, width, height)
         self.background = background
+        self.cull_back_faces = cull_back_faces
         identity_weights = None if identity is None else np.asarray(identity, np.float32)
         self.base = model.vertices(None, identity_weights)
         self._deltas = model.expression_deltas.astype(np.float32).reshape(len(model.expression_names), -1)
@@ -194,7 +201,7 @@ class HeadRenderer:
         self._cavity = (float(teeth.max()) - 4.0, float(teeth.max()))
         self._gaze_index = {name: i for i, name in enumerate(model.expression_names) if name.startswith("eyeLook")}
         colours = {"skin": skin, **DEFAULT_COLOURS, **(colours or {})}
-        self._albedo = {name: tuple(c / 255 for c in colours[name]) for name in colours}
+        self._albedo = {name: tuple((c / 255) ** 2 for c in colours[name]) for name in colours}  # linear
 
         try:
             self.ctx = moderngl.create_context(standalone=True, backend="egl")
@@ -355,12 +362,16 @@ class HeadRenderer:
         ctx, program = self.ctx, self.program
         self._fbo.use()
         ctx.enable(ctx.DEPTH_TEST)
-        ctx.disable(ctx.CULL_FACE)
+        ctx.front_face = "cw"  # counter-clockwise in the model; the projection flips y
         r, g, b = (c / 255 for c in self.background)
         ctx.clear(r, g, b, 0.0, depth=1.0)
         if self._texture is not None:
             self._texture.use(0)
         for name, first, count in self._groups:
+            if self.cull_back_faces and name in CLOSED:  # the rasteriser then skips the far side's pixels
+                ctx.enable(ctx.CULL_FACE)
+            else:
+                ctx.disable(ctx.CULL_FACE)
             program["textured"].value = self._texture is not None and name == "skin"
             program["eye"].value = name == "eye"
             program["cavity"].value = self._cavity if name in INSIDE else (0.0, 0.0)
