@@ -23,7 +23,7 @@ from anchorcast.components import FrameJob, LipEngine
 from anchorcast.errors import InputError
 from anchorcast.media import StreamFormat, TaggedImage
 from anchorcast_plugins.engines.face3d.asset import SHIPPED_ASSET, FaceModel
-from anchorcast_plugins.engines.face3d.batching import BatchCoefficients
+from anchorcast_plugins.engines.face3d.batching import BatchCoefficients, torch_logits
 from anchorcast_plugins.engines.face3d.coeff_model import LOOKAHEAD_S, CoefficientModel, StreamingCoefficients
 from anchorcast_plugins.engines.face3d.engine import SHIPPED_WEIGHTS, Face3DEngine, create_engine, load_weights
 from anchorcast_plugins.engines.face3d.export import exported_logits
@@ -92,6 +92,27 @@ def test_batch_coefficients_equal_the_streaming_model(engine: Face3DEngine, weig
         expected = np.stack([streaming.frame(job.context, job.index, job.offset) for job in jobs])
         for batch in (engine._coefficients, BatchCoefficients(model, Fraction(25), 16000)):
             np.testing.assert_allclose(batch(jobs), expected, atol=2e-6)
+
+
+def test_a_batch_is_one_pass_per_run(weights: Path, engine: Face3DEngine) -> None:
+    """Eight consecutive frames are one pass of the model; two sessions' frames interleaved are two."""
+    model = CoefficientModel.load(weights)
+    passes: list[tuple[int, int]] = []
+    torch_pass = torch_logits(model)
+
+    def counted(mel: np.ndarray, first: int, keep: tuple[int, int]) -> np.ndarray:
+        passes.append(keep)
+        return torch_pass(mel, first, keep)
+
+    batch = BatchCoefficients(model, Fraction(25), 16000, counted)
+    audio, other = speech_like(4.0, 16000, 1), speech_like(4.0, 16000, 2)
+    steady = jobs_for(audio, range(60, 68), engine, 16000)
+    batch(steady)
+    assert len(passes) == 1
+    passes.clear()
+    second = jobs_for(other, range(60, 64), engine, 16000)
+    batch([job for pair in zip(steady[:4], second, strict=True) for job in pair])
+    assert len(passes) == 2
 
 
 def test_exported_pass_matches_torch(weights: Path) -> None:

@@ -65,25 +65,24 @@ class BatchCoefficients:
         return out
 
     def _runs(self, jobs: Sequence[FrameJob]) -> list[tuple[list[int], Float32Array]]:
-        """Runs of consecutive jobs (positions into ``jobs``, by frame) with the union of their contexts."""
-        runs: list[tuple[list[int], list[Float32Array]]] = []
+        """Runs of consecutive jobs (positions into ``jobs``, by frame) with the union of their contexts: a job
+        continues a run when it is the next frame and its context, but for its last ``frame_samples`` samples,
+        is the end of the run's audio."""
+        runs: list[tuple[list[int], Float32Array]] = []
         for k in sorted(range(len(jobs)), key=lambda k: jobs[k].index):
             job = jobs[k]
             context = np.asarray(job.context, np.float32)
             overlap = context.size - job.frame_samples
-            for positions, parts in runs:
+            for number, (positions, audio) in enumerate(runs):
                 last = jobs[positions[-1]]
-                if job.index != last.index + 1 or job.offset != last.offset or not 0 < overlap <= parts[-1].size:
-                    continue
-                if len(parts) > 1 and parts[-1].size < overlap:
-                    parts[:] = [np.concatenate(parts)]
-                if np.array_equal(context[:overlap], parts[-1][parts[-1].size - overlap:]):
+                if (job.index == last.index + 1 and job.offset == last.offset and 0 < overlap <= audio.size
+                        and np.array_equal(context[:overlap], audio[audio.size - overlap:])):
                     positions.append(k)
-                    parts.append(context[overlap:])
+                    runs[number] = (positions, np.concatenate([audio, context[overlap:]]))
                     break
             else:
-                runs.append(([k], [context]))
-        return [(positions, np.concatenate(parts)) for positions, parts in runs]
+                runs.append(([k], context))
+        return runs
 
     def _run(self, jobs: Sequence[FrameJob], audio: Float32Array) -> Float32Array:
         """The coefficients of consecutive ``jobs`` whose contexts together are ``audio`` (stream rate)."""
