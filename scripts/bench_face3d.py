@@ -152,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     best_model = min(wall for label, wall, _ in rows if label.startswith("model"))
     render_512 = next(wall for label, wall, _ in rows if label == "render 512x512, aa 0")
-    engine_512 = next(wall for label, wall, _ in rows if label.startswith("engine 512x512"))
-    fps = 1000 / engine_512
+    engine_wall, engine_cpu = next((wall, cpu) for label, wall, cpu in rows if label.startswith("engine 512x512"))
+    fps, cpu_fps = 1000 / engine_wall, 1000 / engine_cpu
     verdict = "meets" if fps >= GOAL_FPS else "misses"
-    console.print(f"512x512: model {best_model:.2f} + render {render_512:.2f} ms per frame; the engine "
-                  f"{fps:.1f} frames/s: {verdict} the {GOAL_FPS:.0f} frames/s goal")
+    console.print(f"512x512: model {best_model:.2f} + render {render_512:.2f} ms per frame (wall); the engine "
+                  f"{fps:.1f} frames/s on the wall clock: {verdict} the {GOAL_FPS:.0f} frames/s goal at load "
+                  f"{os.getloadavg()[0]:.1f}; its CPU time alone allows {cpu_fps:.1f} frames/s")
     return 0
 
 
