@@ -219,7 +219,6 @@ class HeadRenderer:
             self.triangles = self.triangles[shown[self.triangles]]
         self._use_triangles(self.triangles)
         # only the drawn triangles' vertices need blending: the rest of the head keeps its rest shape
-        self._moving = np.unique(self._corners)
         self._deltas = self._deltas.reshape(len(self._deltas), -1, 3)[:, self._moving].reshape(len(self._deltas), -1)
         renders = len(self._drawn)
         self._positions = ctx.buffer(reserve=renders * 12, dynamic=True)
@@ -254,6 +253,7 @@ class HeadRenderer:
         """Draws only ``triangles`` (indices into the model's), grouped by surface; normals come from them."""
         model = self.model
         corners = model.render_sources[model.triangles[triangles]]  # model-vertex corners, for normals
+        self._moving = np.unique(corners)
         self._corners = corners
         rows = corners.reshape(-1)
         columns = np.repeat(np.arange(len(corners)), 3)
@@ -328,7 +328,8 @@ class HeadRenderer:
             positions[vertices] = (positions[vertices] - centre) @ turn.T + centre
 
     def normals(self, positions: Float32Array) -> Float32Array:
-        """(V, 3) smooth unit normals: the area-weighted normals of the triangles around each vertex."""
+        """(V, 3) smooth unit normals: the area-weighted normals of the drawn triangles around each vertex
+        (zero where none is drawn)."""
         a, b, c = (positions[self._corners[:, k]] for k in range(3))
         faces = np.cross(b - a, c - a)
         summed = np.asarray(self._incidence @ faces, np.float32)
