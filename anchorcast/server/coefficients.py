@@ -2,8 +2,9 @@
 
 The face3d engine tags every picture with its 53 ARKit-named weights (:func:`anchorcast.media.tag_image`); they
 reach the session's outputs as ``VideoFrame.side_data["coefficients"]``. :class:`CoefficientOutput`, an output of
-every session like the preview and WebRTC ones, serialises each frame once (only while someone listens) and hands
-the same bytes to every listener, so a viewer costs one WebSocket send a frame: the browser page
+every session like the preview and WebRTC ones, hands each frame's coefficients and sound to the server's event
+loop (only while someone listens), which serialises them once and gives the same bytes to every listener, so a
+viewer costs one WebSocket send a frame: the browser page
 (``/avatar3d/{session}``) renders the head itself.
 
 Messages, after the first ``{"type": "expressions", "names": [...], "fps": 25, "sample_rate": 16000}``:
@@ -111,23 +112,29 @@ class CoefficientOutput:
         self.fmt = fmt
 
     def write(self, frame: VideoFrame, audio: AudioChunk) -> None:
+        """Hands the frame's coefficients and sound (references, no copy) to the event loop, which serialises
+        them: the playout thread spends microseconds here, as it does on the preview."""
         listeners, loop = self._listeners, self._loop
         if not listeners or loop is None:
             return
         weights = frame.side_data.get("coefficients")
+        names = frame.side_data.get("expression_names")
+        with contextlib.suppress(RuntimeError):  # the loop closed: the server is going
+            loop.call_soon_threadsafe(self._serialise, frame.index, frame.pts, weights, names, audio)
+
+    def _serialise(self, index: int, pts: float, weights: Any, names: Any, audio: AudioChunk) -> None:
+        """On the event loop: one text (and, for ``?audio=pcm`` listeners, one binary) message for everyone."""
+        listeners = self._listeners
         self.engine_gives_coefficients = weights is not None or bool(self.engine_gives_coefficients)
-        text = binary = None
+        text = None
         if weights is not None:
             weights = np.asarray(weights, np.float32).reshape(-1)
-            self.names = tuple(frame.side_data.get("expression_names") or self.names or
-                               (shipped_expression_names() if len(weights) == 53 else ()))
-            text = json.dumps({"type": "coefficients", "index": frame.index, "pts": round(frame.pts, 6),
-                               "weights": np.round(weights, 3).tolist()}, separators=(",", ":"))
-        if any(listener.audio for listener in listeners):
-            binary = self._binary(frame, audio, weights)
+            self.names = tuple(names or self.names or (shipped_expression_names() if len(weights) == 53 else ()))
+            text = json.dumps({"type": "coefficients", "index": index, "pts": round(pts, 6),
+                               "weights": np.round(weights.astype(np.float64), 3).tolist()}, separators=(",", ":"))
+        binary = self._binary(index, pts, audio, weights) if any(lst.audio for lst in listeners) else None
         self.serialised += 1
-        with contextlib.suppress(RuntimeError):  # the loop closed: the server is going
-            loop.call_soon_threadsafe(self._deliver, Packet(frame.index, text, binary))
+        self._deliver(Packet(index, text, binary))
 
     def close(self) -> None:
         self._closed = True
@@ -137,10 +144,10 @@ class CoefficientOutput:
                 loop.call_soon_threadsafe(self._deliver, None)
 
     @staticmethod
-    def _binary(frame: VideoFrame, audio: AudioChunk, weights: np.ndarray | None) -> bytes:
+    def _binary(index: int, pts: float, audio: AudioChunk, weights: np.ndarray | None) -> bytes:
         pcm = (np.clip(audio.samples, -1.0, 1.0) * 32767).astype("<i2")
         values = np.zeros(0, "<f4") if weights is None else weights.astype("<f4")
-        head = HEADER.pack(1, 1, len(values), frame.index, frame.pts, audio.pts, audio.sample_rate, len(pcm))
+        head = HEADER.pack(1, 1, len(values), index, pts, audio.pts, audio.sample_rate, len(pcm))
         return head + values.tobytes() + pcm.tobytes()
 
     # --- listeners (the server's event loop) ----------------------------------------------------------------

@@ -6,6 +6,9 @@ three.js, Blender and most avatar tools read) so a page can drive them by ARKit 
 written in the model's units, exactly as the asset stores them (float16 deltas widened to float32); the node's
 scale turns ICT-FaceKit's centimetres into glTF's metres. UVs are flipped to glTF's convention (v = 0 at the top
 of the image). Normals are smooth normals of the neutral, shared across UV seams so the seams do not show.
+The eyes' iris and pupil and the lips are vertex colours (``COLOR_0``, white elsewhere), as the engine's renderer
+draws them: the iris by the distance from each eye's axis on its front half (ICT-FaceKit's sclera shell covers its
+iris sphere, which a texture would show through; flat colours cannot), the lips inside their landmark contour.
 
 ``sparse=True`` writes each morph target as a sparse accessor (glTF 2.0 core: only the vertices an expression
 moves, with their indices; the others read as zero), dropping displacements of at most ``min_delta`` metres:
@@ -25,6 +28,7 @@ import pygltflib
 from anchorcast.errors import InputError
 
 from .asset import FaceModel
+from .materials import DEFAULT_COLOURS, IRIS_RADIUS, PUPIL_RADIUS, lip_weights
 
 METRES_PER_UNIT = {"centimetres": 0.01, "millimetres": 0.001, "metres": 1.0}
 
@@ -46,9 +50,9 @@ MATERIALS: tuple[Material, ...] = (
     Material("mouth", ("mouth_socket", "gums_tongue", "eye_socket_left", "eye_socket_right"),
              (0.40, 0.08, 0.08, 1.0), 0.5),
     Material("teeth", ("teeth_upper", "teeth_lower"), (0.86, 0.83, 0.74, 1.0), 0.3),
-    Material("iris", ("eyeball_left", "eyeball_right"), (0.05, 0.03, 0.02, 1.0), 0.2,
+    Material("iris", ("eyeball_left", "eyeball_right"), (1.0, 1.0, 1.0, 1.0), 0.2,
              ("M_IrisLeft", "M_IrisRight")),
-    Material("sclera", ("eyeball_left", "eyeball_right"), (0.80, 0.78, 0.75, 1.0), 0.2),
+    Material("sclera", ("eyeball_left", "eyeball_right"), (1.0, 1.0, 1.0, 1.0), 0.2),  # colours: COLOR_0
 )
 """In order: a triangle takes the first that matches it."""
 OTHER_MATERIAL = Material("other", (), (0.6, 0.6, 0.6, 1.0), 0.6)
@@ -82,6 +86,7 @@ def export_glb(model: FaceModel, path: Path, *, sparse: bool = False,
         POSITION=buffer.accessor(gltf, positions, with_bounds=True),
         NORMAL=buffer.accessor(gltf, smooth_normals(model)),
         TEXCOORD_0=buffer.accessor(gltf, gltf_uvs(model.render_uvs)),
+        COLOR_0=buffer.accessor(gltf, vertex_colours(model)),
     )
     write_target = (lambda data, name: buffer.sparse_accessor(gltf, data, min_delta / scale, name)) if sparse \
         else (lambda data, name: buffer.accessor(gltf, data, with_bounds=True, name=name))
@@ -122,6 +127,35 @@ def smooth_normals(model: FaceModel) -> np.ndarray:
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     normals = np.where(length > 0, normals / np.maximum(length, 1e-30), [0.0, 0.0, 1.0])
     return normals[model.render_sources].astype(np.float32)
+
+
+def _linear(srgb: tuple[int, int, int]) -> np.ndarray:
+    value = np.asarray(srgb, np.float64) / 255.0
+    return np.where(value <= 0.04045, value / 12.92, ((value + 0.055) / 1.055) ** 2.4)
+
+
+def vertex_colours(model: FaceModel) -> np.ndarray:
+    """(R, 3) float32 linear vertex colours, which multiply the materials' (white ones show them unchanged):
+    sclera, iris and pupil on the eyeballs (by the distance from the eye's axis on the front half, the eye's
+    centre taken behind its cornea as the renderer takes it); the lip colour over the skin's inside the lips."""
+    colours = np.ones((model.vertex_count, 3), np.float64)
+    lips = lip_weights(model, model.neutral.astype(np.float32)).astype(np.float64)[:, None]
+    tint = _linear(DEFAULT_COLOURS["lips"]) / np.asarray(MATERIALS[0].colour[:3])  # over the skin material
+    colours += lips * (tint - 1.0)
+    for side in ("left", "right"):
+        part = f"eyeball_{side}"
+        if part not in model.part_names:
+            continue
+        vertices = np.flatnonzero(model.part_mask(part))
+        points = model.neutral[vertices].astype(np.float64)
+        centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
+        centre[2] = points[:, 2].min() + 0.5 * (points[:, 0].max() - points[:, 0].min())
+        offset = points - centre
+        radius = np.where(offset[:, 2] > 0, np.hypot(offset[:, 0], offset[:, 1]), np.inf)
+        colours[vertices] = _linear(DEFAULT_COLOURS["eye"])
+        colours[vertices[radius < IRIS_RADIUS]] = _linear(DEFAULT_COLOURS["iris"])
+        colours[vertices[radius < PUPIL_RADIUS]] = _linear(DEFAULT_COLOURS["pupil"])
+    return colours[model.render_sources].astype(np.float32)
 
 
 def gltf_uvs(obj_uvs: np.ndarray) -> np.ndarray:

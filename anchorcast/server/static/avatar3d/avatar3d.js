@@ -25,7 +25,11 @@ const problem = document.getElementById("problem");
 
 const state = {
   connected: false, error: null, fps: 25, names: [], received: 0, applied: 0, late: 0, reanchors: 0,
-  lastApplied: null, offsets: [], trace: [], model: null, bound: 0, loaded: false, ticks: 0,
+  lastApplied: null, offsets: [], model: null, bound: 0, loaded: false, ticks: 0, renders: 0,
+  // For the tests: every 10 ms [session pts at the speakers now, the level of the sound the graph renders now,
+  // how far rendering runs ahead of the speakers (s)]; each frame's sound level by index. Set against each
+  // other they show whether the clock points at the sound heard. Levels: per frame index, of each 10 ms.
+  heard: [], levels: {},
 };
 
 function show(message) {
@@ -136,8 +140,23 @@ function onMessage(event) {
   const view = new DataView(event.data);
   const count = view.getUint16(2, true), index = view.getUint32(4, true), pts = view.getFloat64(8, true);
   const audioPts = view.getFloat64(16, true), rate = view.getUint32(24, true), samples = view.getUint32(28, true);
+  const sound = new Int16Array(event.data, 32 + 4 * count, samples);
   if (count) received({ index, pts, weights: new Float32Array(event.data, 32, count) });
-  if (clock.push) clock.push(audioPts, rate, new Int16Array(event.data, 32 + 4 * count, samples));
+  if (clock.push) clock.push(audioPts, rate, sound);
+  state.levels[index] = quarterLevels(sound);
+  delete state.levels[index - 3000];
+}
+
+/** The RMS of each quarter of a frame's sound (10 ms at 25 fps): what the tests line the heard sound up with. */
+function quarterLevels(sound) {
+  const quarter = Math.max(1, Math.floor(sound.length / 4));
+  const levels = [];
+  for (let q = 0; q < 4; q += 1) {
+    let sum = 0;
+    for (let i = q * quarter; i < Math.min(sound.length, (q + 1) * quarter); i += 1) sum += (sound[i] / 32768) ** 2;
+    levels.push(Math.sqrt(sum / quarter));
+  }
+  return levels;
 }
 
 function connect() {
@@ -162,6 +181,7 @@ function connect() {
 // --- the picture, on the sound's clock ---------------------------------------------------------------------
 
 let last = performance.now();
+let dirty = true;  // a glTF head changes only with new weights: draw only then (VRMs animate: always)
 
 function tick() {
   const nowMs = performance.now();
@@ -174,22 +194,32 @@ function tick() {
         rig.apply(frame.weights);
         state.lastApplied = frame;
         state.applied += 1;
+        dirty = true;
       }
       const offset = frame.pts - playing;  // in (-1/fps, 0] when the frame for this moment is here
       if (offset <= -1 / state.fps) state.late += 1;
       state.offsets.push(offset);
       if (state.offsets.length > 2000) state.offsets.shift();
-      const jaw = state.names.indexOf("jawOpen");
-      state.trace.push([playing, clock.level(), jaw >= 0 ? frame.weights[jaw] : 0]);
-      if (state.trace.length > 3000) state.trace.shift();
     }
   }
   state.reanchors = clock ? clock.reanchors : 0;
   state.ticks += 1;
   rig.update((nowMs - last) / 1000);
   last = nowMs;
-  renderer.render(scene, camera);
+  if (dirty || rig.vrm) {
+    renderer.render(scene, camera);
+    state.renders += 1;
+    dirty = false;
+  }
   requestAnimationFrame(tick);
+}
+
+function listen() {
+  const playing = clock ? clock.now() : null;
+  if (playing !== null && clock.analyser) {
+    state.heard.push([playing, clock.level(), clock.ctx.currentTime - clock.anchor - playing]);
+    if (state.heard.length > 6000) state.heard.shift();
+  }
 }
 
 window.anchorcast = { avatar3d: { state, mouthBox, frames, buffered: () => (clock ? clock.buffered() : 0),
@@ -197,7 +227,7 @@ window.anchorcast = { avatar3d: { state, mouthBox, frames, buffered: () => (cloc
 
 async function start() {
   fit();
-  addEventListener("resize", () => { fit(); if (state.loaded) aim(); });
+  addEventListener("resize", () => { fit(); if (state.loaded) aim(); dirty = true; });
   if (!session || !credential) {
     show("open this page as /avatar3d/SESSION?watch=KEY (the session's overlay address gives the key).");
     return;
@@ -213,6 +243,7 @@ async function start() {
   state.loaded = true;
   aim();
   requestAnimationFrame(tick);
+  setInterval(listen, 10);
   connect();
 }
 

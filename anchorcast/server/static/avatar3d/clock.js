@@ -7,7 +7,7 @@
 // AudioContext.getOutputTimestamp(): the context time of the sample the device is playing at a given
 // performance.now(), extrapolated to the present (output latency included). The page shows the frame whose
 // pts is the latest not after it, so picture and sound agree within one frame by construction; state.offsets
-// records the difference for the tests. A chunk that arrives too late (or far too early, after a stall)
+// records the difference for the tests. A chunk that arrives too late (or whose pts jumped far ahead)
 // re-anchors: one glitch, counted in `reanchors`; a late one also deepens the buffer (x1.5, to MAX_LEAD_S), for
 // a page whose main thread stalls (a slow GPU, a busy machine).
 //
@@ -17,7 +17,7 @@
 
 export const LEAD_S = 0.15;
 const MAX_LEAD_S = 0.6;
-const MAX_BUFFER_S = 1.0;
+const MAX_AHEAD_S = 5.0;  // further ahead than this: the stream's clock jumped (a new session), start over
 
 export class AudioClock {
   constructor() {
@@ -28,7 +28,7 @@ export class AudioClock {
     this.scheduledUntil = 0;
     this.gain = this.ctx.createGain();
     this.analyser = this.ctx.createAnalyser();
-    this.analyser.fftSize = 1024;
+    this.analyser.fftSize = 512;  // about 10 ms: the level of the sound being rendered now
     this.gain.connect(this.analyser);
     this.analyser.connect(this.ctx.destination);
     this._level = new Float32Array(this.analyser.fftSize);
@@ -47,7 +47,7 @@ export class AudioClock {
     if (!samples.length) return;
     const now = this.ctx.currentTime;
     let start = this.anchor === null ? -1 : pts + this.anchor;
-    if (this.anchor === null || start < now + 0.005 || start > now + this.lead + MAX_BUFFER_S) {
+    if (this.anchor === null || start < now + 0.005 || start > now + this.lead + MAX_AHEAD_S) {
       if (this.anchor !== null && start < now + 0.005) this.lead = Math.min(MAX_LEAD_S, this.lead * 1.5);
       this.anchor = now + this.lead - pts;
       start = now + this.lead;
@@ -104,7 +104,7 @@ export class WallClock {
   /** A frame arrived: its pts maps to arrival + LEAD_S (re-anchored when it would show late). */
   arrived(pts) {
     const now = performance.now() / 1000;
-    if (this.anchor === null || pts + this.anchor < now || pts + this.anchor > now + LEAD_S + MAX_BUFFER_S) {
+    if (this.anchor === null || pts + this.anchor < now || pts + this.anchor > now + LEAD_S + MAX_AHEAD_S) {
       this.anchor = now + LEAD_S - pts;
       this.reanchors += 1;
     }
