@@ -85,6 +85,8 @@ void main() {
 
 _FRAGMENT_SHADER = """
 #version 330
+#define EYE {eye}
+#define INSIDE {inside}
 in vec3 v_normal;
 in vec2 v_uv;
 in float v_eye;
@@ -93,7 +95,6 @@ in float v_lip;
 uniform vec3 albedo;
 uniform vec3 lips;
 uniform vec2 cavity;
-uniform bool eye;
 uniform vec3 iris;
 uniform vec3 pupil;
 uniform vec2 eye_radii;
@@ -115,17 +116,23 @@ void main() {
         base = texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb;
         base *= base;
     }
-    if (eye) {
+#if EYE
+    {
         float edge = fwidth(v_eye);
         vec3 ring = iris * mix(1.0, 0.55, smoothstep(0.6 * eye_radii.y, eye_radii.y, v_eye));
         base = mix(pupil, ring, smoothstep(eye_radii.x - edge, eye_radii.x + edge, v_eye));
         base = mix(base, albedo, smoothstep(eye_radii.y - edge, eye_radii.y + edge, v_eye));
     }
+#endif
     float diffuse = max(dot(n, light_direction), 0.0);
     vec3 halfway = normalize(light_direction + vec3(0.0, 0.0, 1.0));
     float shine = specular * pow(max(dot(n, halfway), 0.0), shininess) * step(0.0, diffuse);
-    // inside the mouth light fades with depth behind the lips (cavity.y >= cavity.x only for those surfaces)
-    float inside = cavity.y > cavity.x ? mix(0.12, 1.0, smoothstep(cavity.x, cavity.y, v_depth)) : 1.0;
+#if INSIDE
+    // inside the mouth light fades with depth behind the front teeth
+    float inside = mix(0.12, 1.0, smoothstep(cavity.x, cavity.y, v_depth));
+#else
+    float inside = 1.0;
+#endif
     vec3 linear = (base * (ambient + diffuse * light_colour) + shine * light_colour) * occlusion * inside;
     colour = vec4(sqrt(clamp(linear, 0.0, 1.0)), 1.0);
 }
@@ -210,7 +217,11 @@ class HeadRenderer:
                              hint="the face3d engine needs EGL and Mesa (apt install libegl1 libgl1-mesa-dri); "
                              "see scripts/install-test-deps.sh") from None
         ctx = self.ctx
-        self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
+        # one program per kind of surface: a CPU rasteriser runs every branch of a shader, taken or not
+        self._programs = {kind: ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER.replace(
+            "{eye}", str(int(kind == "eye"))).replace("{inside}", str(int(kind == "inside"))))
+            for kind in ("surface", "eye", "inside")}
+        self.program = self._programs["surface"]
         self.triangles = np.flatnonzero(triangle_surfaces(model) >= 0)
         if cull_hidden:
             from .visibility import visible_triangles
@@ -227,10 +238,11 @@ class HeadRenderer:
         eye_radius = ctx.buffer(self._eye_radii()[self._drawn].tobytes())
         lip = ctx.buffer(np.ascontiguousarray(lip_weights(model, self.base)[self._drawn_sources]).tobytes())
         indices = ctx.buffer(self._indices.tobytes())
-        self.vao = ctx.vertex_array(self.program, [(self._positions, "3f", "in_position"),
-                                                   (self._normals, "3f", "in_normal"), (uvs, "2f", "in_uv"),
-                                                   (eye_radius, "1f", "in_eye"), (lip, "1f", "in_lip")],
-                                    index_buffer=indices, index_element_size=4)
+        attributes = [(self._positions, "3f", "in_position"), (self._normals, "3f", "in_normal"),
+                      (uvs, "2f", "in_uv"), (eye_radius, "1f", "in_eye"), (lip, "1f", "in_lip")]
+        self._vaos = {kind: ctx.vertex_array(program, attributes, index_buffer=indices, index_element_size=4,
+                                             skip_errors=True)  # a variant may not read every attribute
+                      for kind, program in self._programs.items()}
         samples = min(samples, ctx.max_samples) if samples > 1 else 0  # moderngl: 0 is a plain renderbuffer
         size = (width, height)
         self._fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer(size, 4, samples=samples)],
@@ -246,8 +258,9 @@ class HeadRenderer:
                     "light_direction": tuple(_unit((-0.35, 0.45, 0.82))), "light_colour": (0.9, 0.88, 0.84),
                     "ambient": (0.32, 0.33, 0.36), "skin_texture": 0, "iris": self._albedo["iris"],
                     "pupil": self._albedo["pupil"], "lips": self._albedo["lips"], "eye_radii": (PUPIL_RADIUS, IRIS_RADIUS)}
-        for name, value in uniforms.items():
-            self.program[name].value = value
+        for program in self._programs.values():
+            for name, value in uniforms.items():
+                _set(program, name, value)
 
     def _use_triangles(self, triangles: npt.NDArray[np.intp]) -> None:
         """Draws only ``triangles`` (indices into the model's), grouped by surface; normals come from them."""
@@ -353,14 +366,16 @@ class HeadRenderer:
         with self.ctx:  # current on this thread for the draw (another renderer's context may be)
             self._positions.write(np.ascontiguousarray(positions[sources]).tobytes())
             self._normals.write(np.ascontiguousarray(normals[sources]).tobytes())
-            self.program["rotation"].write(np.ascontiguousarray(pose.matrix().T).tobytes())  # column-major
-            self.program["centre"].value = (self.framing.centre[0] + pose.shift[0],
-                                            self.framing.centre[1] + pose.shift[1])
+            rotation = np.ascontiguousarray(pose.matrix().T).tobytes()  # column-major
+            centre = (self.framing.centre[0] + pose.shift[0], self.framing.centre[1] + pose.shift[1])
+            for program in self._programs.values():
+                program["rotation"].write(rotation)
+                program["centre"].value = centre
             data = self._draw()
         return np.frombuffer(data, np.uint8).reshape(self.height, self.width, 4)
 
     def _draw(self) -> bytes:
-        ctx, program = self.ctx, self.program
+        ctx = self.ctx
         self._fbo.use()
         ctx.enable(ctx.DEPTH_TEST)
         ctx.front_face = "cw"  # counter-clockwise in the model; the projection flips y
@@ -373,20 +388,28 @@ class HeadRenderer:
                 ctx.enable(ctx.CULL_FACE)
             else:
                 ctx.disable(ctx.CULL_FACE)
-            program["textured"].value = self._texture is not None and name == "skin"
-            program["eye"].value = name == "eye"
-            program["cavity"].value = self._cavity if name in INSIDE else (0.0, 0.0)
+            kind = "eye" if name == "eye" else "inside" if name in INSIDE else "surface"
+            program = self._programs[kind]
+            _set(program, "textured", self._texture is not None and name == "skin")
+            _set(program, "cavity", self._cavity)
             program["albedo"].value = self._albedo[name]
             program["occlusion"].value = OCCLUSION[name]
             program["specular"].value = SPECULAR[name]
             program["shininess"].value = 200.0 if name == "eye" else 40.0
-            self.vao.render(first=first, vertices=count)
+            self._vaos[kind].render(first=first, vertices=count)
         if self._resolved is not self._fbo:
             ctx.copy_framebuffer(self._resolved, self._fbo)
         return self._resolved.read(components=4, alignment=1)
 
     def close(self) -> None:
         self.ctx.release()
+
+
+def _set(program: object, name: str, value: object) -> None:
+    """Sets a uniform the program has (a shader variant may have compiled another away)."""
+    uniform = program.get(name, None)  # type: ignore[attr-defined]
+    if uniform is not None:
+        uniform.value = value
 
 
 def _unit(vector: tuple[float, float, float]) -> Float32Array:
