@@ -5,8 +5,9 @@ Rows:
 
 - ``model torch, N thread(s)``: the coefficient model over a batch of 8 frame jobs at 25 fps (one pass over the
   union of their windows, as the engine runs it), per frame; random weights (speed does not depend on them);
-- ``model onnxruntime`` / ``model openvino``: the same pass exported (:mod:`anchorcast_plugins.engines.face3d.export`),
-  where the export applies (a batch with its full 1.2 s context; the engine falls back to torch otherwise);
+- ``model onnxruntime`` / ``model openvino``: the same pass exported
+  (:mod:`anchorcast_plugins.engines.face3d.export`), where the export applies (a batch with its full 1.2 s
+  context; the engine falls back to torch otherwise);
 - ``render WxH, aa N``: the head drawn by OpenGL (moderngl on EGL: the GL renderer is named above the table), the
   blend, normals and readback included, with 0 (aliased) or 4 multisamples;
 - ``engine WxH``: the whole engine's ``render(jobs)`` in batches of 8 (model + idle motion + render + tagging),

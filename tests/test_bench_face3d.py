@@ -1,4 +1,5 @@
-"""scripts/bench_face3d.py in its CI mode: it measures the model, the render and the engine and prints its table."""
+"""scripts/bench_face3d.py in its CI mode: it measures the model, the render and the engine, and prints the
+table."""
 
 from __future__ import annotations
 

@@ -186,7 +186,7 @@ def test_idle_motion_blinks_and_the_picture_shows_it(engine: Face3DEngine) -> No
     shut, open_ = int(closed[0]), int(np.argmin(closures[: closed[0]] + 1)) if closed[0] else 0
     a, b = engine.idle(shut), engine.idle(open_)
     assert a.side_data["coefficients"][blink] > 0.9 and b.side_data["coefficients"][blink] < 0.1
-    np.testing.assert_array_equal(engine.idle(shut), a)
+    assert engine.idle(shut) is a and not a.flags.writeable  # a repeated index is the kept picture
     assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() > 40
 
 

@@ -1,4 +1,5 @@
-"""The face3d renderer: the shipped head drawn by OpenGL (headless EGL, Mesa's llvmpipe) from expression weights."""
+"""The face3d renderer: the shipped head drawn by OpenGL (headless EGL, Mesa's llvmpipe) from expression
+weights."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def region(renderer: HeadRenderer, face: FaceModel, expression: np.ndarray, firs
            pad: int = 2) -> tuple[slice, slice]:
     """The pixel box of landmarks ``first..stop-1`` of the head with ``expression`` (projected), padded."""
     points = renderer.project(renderer.vertices(expression)[face.landmarks[first:stop]])
-    (x0, y0), (x1, y1) = np.floor(points.min(axis=0)).astype(int) - pad, np.ceil(points.max(axis=0)).astype(int) + pad
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - pad
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + pad
     return slice(max(y0, 0), y1), slice(max(x0, 0), x1)
 
 

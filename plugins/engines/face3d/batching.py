@@ -1,5 +1,5 @@
-"""The coefficient model over a batch of frame jobs in one pass, equal to :class:`.coeff_model.StreamingCoefficients`
-frame by frame.
+"""The coefficient model over a batch of frame jobs in one pass, equal frame by frame to
+:class:`.coeff_model.StreamingCoefficients`.
 
 A batch of consecutive frames shares almost all its audio: each job's context is the previous one's shifted by a
 frame. Per frame the model would run over its whole 1.2 s window (about 130 columns through 6 layers); over a run

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +32,9 @@ from anchorcast.media import Image, StreamFormat, tag_image
 from .asset import SHIPPED_ASSET, FaceModel
 from .batching import BatchCoefficients, LogitsFunction
 from .coeff_model import LOOKAHEAD_S, CoefficientModel
+from .materials import DEFAULT_SKIN, parse_colour
 from .motion import IdleMotion, combine
-from .render import DEFAULT_SKIN, NEUTRAL_POSE, HeadRenderer, parse_colour
+from .render import NEUTRAL_POSE, HeadRenderer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +42,7 @@ T = TypeVar("T")
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "assets" / "coeffs.safetensors"
 """The coefficient model the package ships (trained by ``anchorcast train coeffs``)."""
 DEFAULT_BACKGROUND = (16, 24, 32)
+IDLE_FRAMES_KEPT = 8
 MOUTH_PREFIXES = ("jaw", "mouth", "cheekPuff")
 """The expressions ``mouth_scale`` scales."""
 
@@ -76,6 +80,8 @@ class Face3DEngine:
         self._coefficients: BatchCoefficients | None = None
         self._motion: IdleMotion | None = None
         self._still: Image | None = None
+        self._idle_frames: OrderedDict[int, Image] = OrderedDict()
+        self._idle_lock = threading.Lock()
         self._matte: Image | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -131,12 +137,23 @@ class Face3DEngine:
         return [self._draw(weights[row], job.index, job.speech) for row, job in enumerate(jobs)]
 
     def idle(self, index: int) -> Image:
-        """The head at rest: without idle motion one cached picture (read-only: copy it before drawing on it);
-        with it, this frame's blink, gaze and head pose. Tagged with its coefficients either way."""
+        """The head at rest: without idle motion one cached picture; with it, this frame's blink, gaze and head
+        pose, the last few kept (a repeated index, as on overrun, costs nothing). Read-only either way (copy it
+        before drawing on it); tagged with its coefficients."""
         if self._still is not None:
             return self._still
         assert self._motion is not None, "open() first"
-        return self._draw(self._motion.coefficients(index), index)
+        with self._idle_lock:
+            cached = self._idle_frames.get(index)
+        if cached is not None:
+            return cached
+        image = self._draw(self._motion.coefficients(index), index)
+        image.flags.writeable = False
+        with self._idle_lock:
+            self._idle_frames[index] = image
+            while len(self._idle_frames) > IDLE_FRAMES_KEPT:
+                self._idle_frames.popitem(last=False)
+        return image
 
     def _draw(self, weights: npt.NDArray[np.float32], index: int, speech: float = 0.0) -> Image:
         renderer = self._renderer

@@ -1,8 +1,8 @@
 """What the head's surfaces look like: which triangles are skin, mouth, teeth or eye; their colours; the lips.
 
-The face model has no texture the engine can use by default, so each surface has one colour (:data:`DEFAULT_COLOURS`)
-and how much light reaches it; the lips are tinted inside their landmark contour, the eyes' iris and pupil are
-drawn by the distance from the eye's axis (:mod:`.render`'s fragment shader).
+The face model has no texture the engine can use by default, so each surface has one colour
+(:data:`DEFAULT_COLOURS`) and how much light reaches it; the lips are tinted inside their landmark contour, the
+eyes' iris and pupil are drawn by the distance from the eye's axis (:mod:`.render`'s fragment shader).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def parse_colour(value: str, key: str = "colour") -> tuple[int, int, int]:
             return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
         except ValueError:
             pass
-    raise InputError(f"face3d: {key} = {value!r} is not a colour \"#RRGGBB\"", hint=f'for example {key} = "#e0ac8c"')
+    raise InputError(f"face3d: {key} = {value!r} is not a colour \"#RRGGBB\"",
+                     hint=f'for example {key} = "#e0ac8c"')
 
 
 def triangle_surfaces(model: FaceModel) -> npt.NDArray[np.int64]:

@@ -39,7 +39,8 @@ _GAZE_Y = ((6.1, 2.5), (2.7, 0.9))
 def _sway(seconds: float, terms: Sequence[tuple[float, float]]) -> float:
     """In [-1, 1]: a sum of sines (weights 0.7 and 0.3)."""
     weights = (0.7, 0.3)
-    return sum(w * math.sin(2 * math.pi * seconds / period + phase) for w, (period, phase) in zip(weights, terms))
+    return sum(w * math.sin(2 * math.pi * seconds / period + phase)
+               for w, (period, phase) in zip(weights, terms, strict=True))
 
 
 def _hash01(slot: int, seed: int) -> float:
@@ -100,7 +101,7 @@ class IdleMotion:
         seconds = float(index / self.fps)
         scale = 1 - speech * (1 - SPEAKING_HEAD)
         yaw, pitch, roll = (math.radians(degrees) * scale * _sway(seconds, terms)
-                            for degrees, terms in zip(HEAD_DEGREES, (_YAW, _PITCH, _ROLL)))
+                            for degrees, terms in zip(HEAD_DEGREES, (_YAW, _PITCH, _ROLL), strict=True))
         return Pose(yaw=yaw, pitch=pitch, roll=roll)
 
 

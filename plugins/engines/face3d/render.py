@@ -38,7 +38,6 @@ from .materials import (
     SPECULAR,
     SURFACES,
     lip_weights,
-    parse_colour,
     triangle_surfaces,
 )
 
@@ -182,8 +181,9 @@ class HeadRenderer:
     """Renders the head of ``model`` at ``width`` x ``height`` pixels; one OpenGL context, used from the thread
     that made the renderer (callers from other threads go through one worker thread, as the engine does).
 
-    ``colours`` overrides :data:`DEFAULT_COLOURS` by surface (and ``iris``, ``pupil``, ``lips``). ``samples``: multisampling for smooth edges (4 is smooth; on llvmpipe it costs about 2.5 times the render
-    time, see ``scripts/bench_face3d.py``); 0, the default, draws aliased edges. ``cull_hidden`` leaves out the
+    ``colours`` overrides :data:`DEFAULT_COLOURS` by surface (and ``iris``, ``pupil``, ``lips``). ``samples``:
+    multisampling for smooth edges (4 is smooth; on llvmpipe it costs about 2.5 times the render time, see
+    ``scripts/bench_face3d.py``); 0, the default, draws aliased edges. ``cull_hidden`` leaves out the
     triangles a front camera never sees (:mod:`.visibility`)."""
 
     def __init__(self, model: FaceModel, width: int, height: int, *, identity: npt.ArrayLike | None = None,
@@ -204,7 +204,8 @@ class HeadRenderer:
         self._moving: npt.NDArray[np.intp] | None = None  # the vertices blended (None: all)
         self._eyes = [self._eye(side) for side in ("left", "right")]
         # The mouth's depth range: from well behind the teeth (dark) to the front of the upper teeth (lit).
-        teeth = self.base[model.part_mask("teeth_upper"), 2] if "teeth_upper" in model.part_names else self.base[:, 2]
+        teeth = self.base[model.part_mask("teeth_upper"), 2] if "teeth_upper" in model.part_names \
+            else self.base[:, 2]
         self._cavity = (float(teeth.max()) - 4.0, float(teeth.max()))
         self._gaze_index = {name: i for i, name in enumerate(model.expression_names) if name.startswith("eyeLook")}
         colours = {"skin": skin, **DEFAULT_COLOURS, **(colours or {})}
@@ -230,7 +231,8 @@ class HeadRenderer:
             self.triangles = self.triangles[shown[self.triangles]]
         self._use_triangles(self.triangles)
         # only the drawn triangles' vertices need blending: the rest of the head keeps its rest shape
-        self._deltas = self._deltas.reshape(len(self._deltas), -1, 3)[:, self._moving].reshape(len(self._deltas), -1)
+        count = len(self._deltas)
+        self._deltas = self._deltas.reshape(count, -1, 3)[:, self._moving].reshape(count, -1)
         renders = len(self._drawn)
         self._positions = ctx.buffer(reserve=renders * 12, dynamic=True)
         self._normals = ctx.buffer(reserve=renders * 12, dynamic=True)
@@ -257,7 +259,8 @@ class HeadRenderer:
         uniforms = {"pivot": NECK_PIVOT, "scale": self.framing.scale, "viewport": (float(width), float(height)),
                     "light_direction": tuple(_unit((-0.35, 0.45, 0.82))), "light_colour": (0.9, 0.88, 0.84),
                     "ambient": (0.32, 0.33, 0.36), "skin_texture": 0, "iris": self._albedo["iris"],
-                    "pupil": self._albedo["pupil"], "lips": self._albedo["lips"], "eye_radii": (PUPIL_RADIUS, IRIS_RADIUS)}
+                    "pupil": self._albedo["pupil"], "lips": self._albedo["lips"],
+                    "eye_radii": (PUPIL_RADIUS, IRIS_RADIUS)}
         for program in self._programs.values():
             for name, value in uniforms.items():
                 _set(program, name, value)
@@ -305,7 +308,8 @@ class HeadRenderer:
         vertices = np.flatnonzero(self.model.part_mask(f"eyeball_{side}"))
         points = self.base[vertices]
         centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
-        centre[2] = points[:, 2].min() + 0.5 * (points[:, 0].max() - points[:, 0].min())  # the ball, not the cornea
+        # the ball's centre, not the cornea's bulge: its back plus its radius
+        centre[2] = points[:, 2].min() + 0.5 * (points[:, 0].max() - points[:, 0].min())
         return vertices, centre.astype(np.float32)
 
     def vertices(self, expression: npt.ArrayLike | None = None) -> Float32Array:
