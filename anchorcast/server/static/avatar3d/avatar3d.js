@@ -223,7 +223,8 @@ function listen() {
 }
 
 window.anchorcast = { avatar3d: { state, mouthBox, frames, buffered: () => (clock ? clock.buffered() : 0),
-  audio: () => (clock && clock.ctx ? clock.ctx.state : "none") } };
+  audio: () => (clock && clock.ctx ? clock.ctx.state : "none"),
+  expression: (name) => rig.vrm?.expressionManager?.getValue(name) ?? null } };
 
 async function start() {
   fit();
