@@ -9,7 +9,8 @@ Rows:
   (:mod:`anchorcast_plugins.engines.face3d.export`), where the export applies (a batch with its full 1.2 s
   context; the engine falls back to torch otherwise);
 - ``render WxH, aa N``: the head drawn by OpenGL (moderngl on EGL: the GL renderer is named above the table), the
-  blend, normals and readback included, with 0 (aliased) or 4 multisamples;
+  blend, normals and readback included, with 0 (aliased) or 4 multisamples; ``of which blend + normals``: the
+  numpy part of a frame (the expression weights blended into the vertices, the normals recomputed), any size;
 - ``engine WxH``: the whole engine's ``render(jobs)`` in batches of 8 (model + idle motion + render + tagging),
   which is what the scheduler sees.
 
@@ -120,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"model {runtime}, {threads} thread{'s' if threads > 1 else ''} (max |diff| {error:.0e})",
                          *timed(lambda b=batch: b(jobs), passes, BATCH)))
 
-    weights = np.zeros(len(face.expression_names), np.float32)
+    # as the model gives them: every weight a little above zero (a sigmoid), the jaw open
+    weights = np.random.default_rng(0).uniform(0.0, 0.15, len(face.expression_names)).astype(np.float32)
     weights[face.expression_index("jawOpen")] = 0.4
-    weights[face.expression_index("mouthSmile_L")] = 0.2
     renderer_name = ""
+    probe = HeadRenderer(face, 64, 64)
+    rows.append(("  of which blend + normals (numpy)",
+                 *timed(lambda: probe.normals(probe.vertices(weights)), passes, 1)))
+    probe.close()
     for width, height in sizes:
         for samples in (0, 4):
             renderer = HeadRenderer(face, width, height, samples=samples)

@@ -182,3 +182,19 @@ def test_back_faces_left_out_change_nothing(face: FaceModel, renderer: HeadRende
             assert (np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1) > 8).sum() < 10
     finally:
         both.close()
+
+
+def test_a_skin_texture_replaces_the_colour(face: FaceModel) -> None:
+    """A texture laid out on the model's UVs colours the skin (here half blue, half yellow across u)."""
+    texture = np.zeros((64, 64, 3), np.uint8)
+    texture[:, :32] = (40, 60, 220)
+    texture[:, 32:] = (230, 210, 40)
+    renderer = HeadRenderer(face, 256, 256, texture=texture, cull_hidden=False)
+    try:
+        image = renderer.render(weights(face))[..., :3].astype(np.int16)
+    finally:
+        renderer.close()
+    covered = image.sum(axis=-1) > 0
+    blue = covered & (image[..., 2] > image[..., 0] + 60)
+    yellow = covered & (image[..., 0] > image[..., 2] + 60) & (image[..., 1] > image[..., 2] + 60)
+    assert blue.sum() > 500 and yellow.sum() > 500, (blue.sum(), yellow.sum())
