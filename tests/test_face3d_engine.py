@@ -190,6 +190,27 @@ def test_idle_motion_blinks_and_the_picture_shows_it(engine: Face3DEngine) -> No
     assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() > 40
 
 
+def test_idle_motion_is_small_smooth_and_repeatable() -> None:
+    """The head sways by at most a few degrees, a small step per frame, the same for the same frame; the gaze
+    stays small and nearer the camera while speaking."""
+    import math
+
+    from anchorcast_plugins.engines.face3d.motion import IdleMotion
+
+    motion = IdleMotion(Fraction(25), FaceModel.load(SHIPPED_ASSET).expression_names)
+    poses = [motion.pose(i) for i in range(25 * 30)]
+    angles = np.degrees([[p.yaw, p.pitch, p.roll] for p in poses])
+    assert np.abs(angles).max() <= 2.6 and np.abs(angles).max(axis=0).min() > 0.5
+    assert np.abs(np.diff(angles, axis=0)).max() < 0.1
+    assert motion.pose(123) == poses[123]
+    names = motion.expression_names
+    looks = [names.index(n) for n in names if n.startswith("eyeLook")]
+    idle = np.array([motion.coefficients(i)[looks] for i in range(750)])
+    speaking = np.array([motion.coefficients(i, speech=1.0)[looks] for i in range(750)])
+    assert 0.05 < idle.max() <= 0.12 + 1e-6 and speaking.max() < 0.5 * idle.max()
+    assert not math.isnan(float(idle.sum()))
+
+
 def test_without_idle_motion_the_idle_frame_is_one_still(weights: Path) -> None:
     engine = create_engine({"weights": weights, "idle_motion": "off"})
     engine.open(FMT)

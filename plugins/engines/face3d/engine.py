@@ -134,7 +134,7 @@ class Face3DEngine:
     def render(self, jobs: Sequence[FrameJob]) -> list[Image]:
         """One new (H, W, 3) RGB uint8 picture per job, tagged with its coefficients."""
         weights = self.coefficients(jobs)
-        return [self._draw(weights[row], job.index, job.speech) for row, job in enumerate(jobs)]
+        return [self._draw(weights[row], job.index) for row, job in enumerate(jobs)]
 
     def idle(self, index: int) -> Image:
         """The head at rest: without idle motion one cached picture; with it, this frame's blink, gaze and head
@@ -155,10 +155,10 @@ class Face3DEngine:
                 self._idle_frames.popitem(last=False)
         return image
 
-    def _draw(self, weights: npt.NDArray[np.float32], index: int, speech: float = 0.0) -> Image:
+    def _draw(self, weights: npt.NDArray[np.float32], index: int) -> Image:
         renderer = self._renderer
         assert renderer is not None, "open() first"
-        pose = self._motion.pose(index, min(max(speech, 0.0), 1.0)) if self._motion is not None else NEUTRAL_POSE
+        pose = self._motion.pose(index) if self._motion is not None else NEUTRAL_POSE
         rgba = self._on_worker(lambda: renderer.render(weights, pose))
         self._matte = rgba[..., 3]
         image = np.ascontiguousarray(rgba[..., :3])

@@ -3,8 +3,9 @@
 Everything is a pure function of the frame index (and a seed), so ``idle(index)`` draws the same picture however
 often and in whatever order it is asked, and a repeated frame repeats exactly. Blinks come every 2-6 s (a hashed
 interval per slot), close in 80 ms and open in 160 ms (lids close faster than they open). Gaze and head motion are
-sums of slow sines at unrelated periods, so they never visibly loop. While speaking, the head moves at half the
-amplitude and the gaze stays near the camera; blinks go on.
+sums of slow sines at unrelated periods, so they never visibly loop. While speaking the gaze stays nearer the
+camera (eyes jump anyway, so the change at the start of speech looks like one of their own); the head sways the
+same whether speaking or not, so that nothing jumps where speech starts or ends; blinks go on.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ GAZE_AMPLITUDE = 0.12
 """eyeLook* weight at the extremes of the idle gaze (0.12 x 25 degrees: about 3 degrees)."""
 HEAD_DEGREES = (2.5, 1.5, 1.0)
 """Largest idle yaw, pitch and roll."""
-SPEAKING_HEAD = 0.5
 SPEAKING_GAZE = 0.3
 # (period in seconds, phase) pairs of the sways; unrelated periods so the sum does not repeat for minutes
-_YAW = ((7.3, 0.0), (3.1, 1.7))
-_PITCH = ((5.9, 0.4), (2.3, 2.9))
-_ROLL = ((9.7, 1.1), (4.3, 0.2))
+_YAW = ((9.3, 0.0), (4.7, 1.7))
+_PITCH = ((7.1, 0.4), (3.7, 2.9))
+_ROLL = ((11.3, 1.1), (5.3, 0.2))
 _GAZE_X = ((4.7, 0.8), (1.9, 2.2))
 _GAZE_Y = ((6.1, 2.5), (2.7, 0.9))
 
@@ -96,11 +96,10 @@ class IdleMotion:
                 weights[position] = value
         return weights
 
-    def pose(self, index: int, speech: float = 0.0) -> Pose:
-        """The head's pose at frame ``index``: smaller while speaking (``speech`` in [0, 1])."""
+    def pose(self, index: int) -> Pose:
+        """The head's pose at frame ``index``."""
         seconds = float(index / self.fps)
-        scale = 1 - speech * (1 - SPEAKING_HEAD)
-        yaw, pitch, roll = (math.radians(degrees) * scale * _sway(seconds, terms)
+        yaw, pitch, roll = (math.radians(degrees) * _sway(seconds, terms)
                             for degrees, terms in zip(HEAD_DEGREES, (_YAW, _PITCH, _ROLL), strict=True))
         return Pose(yaw=yaw, pitch=pitch, roll=roll)
 
