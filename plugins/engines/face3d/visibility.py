@@ -11,6 +11,7 @@ triangle that shares a vertex with a kept one, twice over, so that in-between sh
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -49,10 +50,33 @@ TURNS = ((0.25, 0.0, 0.0), (-0.25, 0.0, 0.0), (0.0, 0.2, 0.0), (0.0, -0.2, 0.0),
 """(yaw, pitch, roll) radians the head is drawn at, neutral and with the jaw open: more than idle motion turns."""
 
 
+_CACHE: dict[tuple[object, ...], tuple[object, npt.NDArray[np.bool_]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
 def visible_triangles(renderer: object, expression_names: Sequence[str], size: int = 384,
                       rings: int = 2) -> npt.NDArray[np.bool_]:
     """(T,) bool: the triangles of ``renderer``'s head (a :class:`~.render.HeadRenderer`, whose context, head
-    and framing are used) seen in any of the probe views, grown by ``rings`` rings of neighbours."""
+    and framing are used) seen in any of the probe views, grown by ``rings`` rings of neighbours. Kept for the
+    process per head, identity and framing (relative to the picture), so another renderer of the same head
+    (another session, a test) does not measure again."""
+    model = renderer.model  # type: ignore[attr-defined]
+    framing = renderer.framing  # type: ignore[attr-defined]
+    width, height = renderer.width, renderer.height  # type: ignore[attr-defined]
+    key = (id(model), renderer.base.tobytes(), round(framing.scale / height, 6),  # type: ignore[attr-defined]
+           round(framing.centre[0] / width, 6), round(framing.centre[1] / height, 6), round(width / height, 6),
+           size, rings)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None and cached[0] is model:
+        return cached[1].copy()
+    seen = _measure(renderer, expression_names, size, rings)
+    with _CACHE_LOCK:
+        _CACHE[key] = (model, seen)  # the model kept with it: its id is not reused while the entry lives
+    return seen.copy()
+
+
+def _measure(renderer: object, expression_names: Sequence[str], size: int, rings: int) -> npt.NDArray[np.bool_]:
     from .render import NECK_PIVOT, Pose
 
     model = renderer.model  # type: ignore[attr-defined]
