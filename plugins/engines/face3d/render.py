@@ -1,11 +1,17 @@
 """Draws the morphable head with OpenGL (moderngl on a headless EGL context; Mesa's llvmpipe without a GPU).
 
-One frame: the expression weights are blended onto the identity's head in numpy (only the nonzero weights, float32
-deltas), the eyeballs turn with the ``eyeLook*`` weights (the face model's gaze shapes move the lids only), smooth
-normals are recomputed from the blended mesh, and the triangles are drawn in surface groups (skin, the dark
-mouth socket, gums and tongue, teeth, sclera, iris), each with its colour, under an ambient light and a key light
-(Lambert plus a little Blinn-Phong specular). The projection is weak perspective: a head pose rotation about the
-neck, then orthographic scale and 2D translation; a depth test decides what is in front.
+One frame: the expression weights are blended onto the identity's head in numpy (only the weights that are not
+about zero, float32 deltas, only the vertices drawn), the eyeballs turn with the ``eyeLook*`` weights (the face
+model's gaze shapes move the lids only), smooth normals are recomputed from the blended mesh, and the triangles
+are drawn in surface groups (skin with tinted lips, eye sockets, the mouth socket, gums and tongue, teeth, the
+eyes with iris and pupil; :mod:`.materials`), each with its colour, under an ambient light and a key light
+(Lambert plus a little Blinn-Phong specular); inside the mouth the light fades with depth. The projection is
+weak perspective: a head pose rotation about the neck, then orthographic scale and 2D translation; a depth test
+decides what is in front. Triangles a front camera never sees are measured once and left out
+(:mod:`.visibility`): on llvmpipe a frame's cost is mostly per triangle.
+
+Measured (``scripts/bench_face3d.py``): blending in numpy costs a millisecond or two a frame; the drawing is
+most of a frame's time.
 
 The picture is RGBA with premultiplied colour over ``background``: pixels the head does not cover keep the
 background's colour with alpha 0, antialiased edges are mixed (multisampling), so ``rgba[..., :3]`` is the frame
@@ -40,6 +46,7 @@ from .materials import (
     lip_weights,
     triangle_surfaces,
 )
+from .shaders import FRAGMENT_SHADER, VERTEX_SHADER
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -51,92 +58,6 @@ GAZE_DEGREES = 25.0
 """How far an eye turns at eyeLook* = 1 (ARKit's shapes span about that)."""
 NECK_PIVOT = (0.0, -8.0, 0.0)
 """The point (model centimetres) the head pose turns about: the top of the neck."""
-
-_VERTEX_SHADER = """
-#version 330
-in vec3 in_position;
-in vec3 in_normal;
-in vec2 in_uv;
-in float in_eye;
-in float in_lip;
-uniform mat3 rotation;
-uniform vec3 pivot;
-uniform float scale;
-uniform vec2 centre;
-uniform vec2 viewport;
-out vec3 v_normal;
-out vec2 v_uv;
-out float v_eye;
-out float v_depth;
-out float v_lip;
-void main() {
-    v_depth = in_position.z;
-    v_lip = in_lip;
-    vec3 p = rotation * (in_position - pivot) + pivot;
-    vec2 pixel = centre + vec2(p.x, -p.y) * scale;
-    // y flipped: row 0 of the framebuffer is the top of the image, as numpy wants it
-    gl_Position = vec4(pixel.x / viewport.x * 2.0 - 1.0, pixel.y / viewport.y * 2.0 - 1.0, -p.z / 64.0, 1.0);
-    v_normal = rotation * in_normal;
-    v_uv = in_uv;
-    v_eye = in_eye;
-}
-"""
-
-_FRAGMENT_SHADER = """
-#version 330
-#define EYE {eye}
-#define INSIDE {inside}
-in vec3 v_normal;
-in vec2 v_uv;
-in float v_eye;
-in float v_depth;
-in float v_lip;
-uniform vec3 albedo;
-uniform vec3 lips;
-uniform vec2 cavity;
-uniform vec3 iris;
-uniform vec3 pupil;
-uniform vec2 eye_radii;
-uniform float occlusion;
-uniform float specular;
-uniform float shininess;
-uniform bool textured;
-uniform sampler2D skin_texture;
-uniform vec3 light_direction;
-uniform vec3 light_colour;
-uniform vec3 ambient;
-out vec4 colour;
-void main() {
-    vec3 n = normalize(v_normal);
-    if (n.z < 0.0) n = -n;  // two-sided: the mouth socket is seen from inside
-    // colours arrive linear (squared: gamma 2, cheaper than 2.2 on a CPU rasteriser); the texture is squared here
-    vec3 base = mix(albedo, lips, v_lip);
-    if (textured) {
-        base = texture(skin_texture, vec2(v_uv.x, 1.0 - v_uv.y)).rgb;
-        base *= base;
-    }
-#if EYE
-    {
-        float edge = fwidth(v_eye);
-        vec3 ring = iris * mix(1.0, 0.55, smoothstep(0.6 * eye_radii.y, eye_radii.y, v_eye));
-        base = mix(pupil, ring, smoothstep(eye_radii.x - edge, eye_radii.x + edge, v_eye));
-        base = mix(base, albedo, smoothstep(eye_radii.y - edge, eye_radii.y + edge, v_eye));
-    }
-#endif
-    float diffuse = max(dot(n, light_direction), 0.0);
-    vec3 halfway = normalize(light_direction + vec3(0.0, 0.0, 1.0));
-    float shine = specular * pow(max(dot(n, halfway), 0.0), shininess) * step(0.0, diffuse);
-#if INSIDE
-    // inside the mouth light fades with depth behind the front teeth
-    float inside = mix(0.12, 1.0, smoothstep(cavity.x, cavity.y, v_depth));
-#else
-    float inside = 1.0;
-#endif
-    vec3 linear = (base * (ambient + diffuse * light_colour) + shine * light_colour) * occlusion * inside;
-    colour = vec4(sqrt(clamp(linear, 0.0, 1.0)), 1.0);
-}
-"""
-
 
 @dataclasses.dataclass(frozen=True)
 class Pose:
@@ -219,7 +140,7 @@ class HeadRenderer:
                              "see scripts/install-test-deps.sh") from None
         ctx = self.ctx
         # one program per kind of surface: a CPU rasteriser runs every branch of a shader, taken or not
-        self._programs = {kind: ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER.replace(
+        self._programs = {kind: ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=FRAGMENT_SHADER.replace(
             "{eye}", str(int(kind == "eye"))).replace("{inside}", str(int(kind == "inside"))))
             for kind in ("surface", "eye", "inside")}
         self.program = self._programs["surface"]
