@@ -12,7 +12,9 @@ the CPU over the no-viewer mean divided by N, for the whole process (which the e
 spread of the two no-viewer figures says how much) and for its main thread, the event loop, where each viewer's
 own cost is paid on both paths (WebSocket sends; RTP packetisation and SRTP encryption); WebRTC's first viewer
 also starts the session's one VP8 encoder (on a thread of its own: in the process figure), so "per extra viewer"
-(the loop's slope from the smallest N) is given too. Bytes/s per viewer are what one client read.
+(the loop's slope from the smallest N) is given too. fps/viewer: frames a client got (WebRTC: decoded); VP8 fps:
+pictures the session's encoder encoded (it drops the oldest when it falls behind). Bytes/s per viewer are what
+one client read.
 
     python scripts/bench_avatar3d.py [--viewers 1,4,8] [--ws-viewers 32] [--seconds 10] [--short]
 
@@ -145,7 +147,8 @@ def measure_coefficients(server: StudioServer, session: str, count: int, seconds
         viewer.stop.set()
     for viewer in viewers:
         viewer.join(15)
-    return {"cpu": cpu, "loop": loop, "fps": fps, "bytes": rate, "gaps": sum(v.gaps for v in viewers)}
+    return {"cpu": cpu, "loop": loop, "encoded": float("nan"), "fps": fps, "bytes": rate,
+            "gaps": sum(v.gaps for v in viewers)}
 
 
 def measure_webrtc(server: StudioServer, session: str, count: int, seconds: float) -> dict[str, float]:
@@ -167,7 +170,9 @@ def measure_webrtc(server: StudioServer, session: str, count: int, seconds: floa
         threading.Thread(target=follow, daemon=True).start()
         time.sleep(2.0)  # keyframes, jitter buffers
         before = dict(latest)
+        encoded0 = encoded_frames(server, session)
         cpu, loop = server_cpu(server, seconds)
+        encoded = (encoded_frames(server, session) - encoded0) / seconds
         time.sleep(0.3)
         after = dict(latest)
     finally:
@@ -183,8 +188,13 @@ def measure_webrtc(server: StudioServer, session: str, count: int, seconds: floa
         while api.get(f"/v1/sessions/{session}").json()["webrtc"]["viewers"] and time.monotonic() < deadline:
             time.sleep(0.5)
     wall = after["time"] - before["time"]
-    return {"cpu": cpu, "loop": loop, "fps": (after["video"] - before["video"]) / count / wall,
+    return {"cpu": cpu, "loop": loop, "encoded": encoded, "fps": (after["video"] - before["video"]) / count / wall,
             "bytes": (after["bytes"] - before["bytes"]) / count / wall, "gaps": 0}
+
+
+def encoded_frames(server: StudioServer, session: str) -> int:
+    """The pictures the session's VP8 encoder has encoded so far (it drops the oldest when it falls behind)."""
+    return int(httpx.get(f"{server.url}/v1/sessions/{session}", headers=AUTH).json()["webrtc"]["encoded_frames"])
 
 
 async def _whep_child(url: str, session: str, count: int) -> None:
@@ -246,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"server CPU per viewer: one face3d session speaking, {args.size}x{args.size} @ 25 fps, "
                   f"{os.cpu_count()} CPUs, {args.seconds:g} s each", header_style="bold")
     for column in ("path", "viewers", "server CPU %", "per viewer", "event loop CPU %", "per viewer (loop)",
-                   "per extra viewer (loop)", "fps/viewer", "kB/s per viewer"):
+                   "per extra viewer (loop)", "fps/viewer", "VP8 fps", "kB/s per viewer"):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory(prefix="anchorcast-bench-avatar3d-") as scratch:
         folder = Path(scratch)
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.mean(cpu for cpu, _ in idle)
     base_loop = statistics.mean(loop for _, loop in idle)
     table.add_row("no viewer", "0", f"{base:.1f} ± {abs(idle[0][0] - idle[1][0]) / 2:.1f}", "-",
-                  f"{base_loop:.2f} ± {abs(idle[0][1] - idle[1][1]) / 2:.2f}", "-", "-", "-", "-")
+                  f"{base_loop:.2f} ± {abs(idle[0][1] - idle[1][1]) / 2:.2f}", "-", "-", "-", "-", "-")
     for path in ("coefficients WS", "WebRTC (WHEP)"):
         mine = [(count, result) for name, count, result in rows if name == path]
         first_count, first = mine[0]
@@ -285,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(path, str(count), f"{result['cpu']:.1f}", f"{(result['cpu'] - base) / count:+.2f}",
                           f"{result['loop']:.2f}", f"{(result['loop'] - base_loop) / count:.3f}",
                           f"{slope:.3f}" if slope is not None else "-", f"{result['fps']:.1f}",
+                          "-" if result["encoded"] != result["encoded"] else f"{result['encoded']:.1f}",
                           f"{result['bytes'] / 1000:.1f}")
     console.print(table)
     console.print(f"session: {report['fps']:.1f} fps, {report['overruns']} overruns, frame gaps seen by the "

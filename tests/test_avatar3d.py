@@ -322,3 +322,77 @@ def test_the_page_moves_the_heads_mouth_with_the_sound_and_keeps_it_still_when_i
     assert np.mean(speaking) > 4 * max(np.mean(idle), 0.1), (idle, speaking)
     assert correlation > 0.5
     assert abs(lag) <= 0.04, "the clock must point at the frame whose sound plays, within one frame"
+
+
+BONES = {  # the bones VRM 1.0 requires, as empty nodes where a body would put them (metres, +y up, facing +z)
+    "hips": (0, -0.6, 0), "spine": (0, -0.45, 0), "head": (0, 0.0, 0.02), "leftUpperLeg": (0.1, -0.65, 0),
+    "leftLowerLeg": (0.1, -1.1, 0), "leftFoot": (0.1, -1.5, 0), "rightUpperLeg": (-0.1, -0.65, 0),
+    "rightLowerLeg": (-0.1, -1.1, 0), "rightFoot": (-0.1, -1.5, 0), "leftUpperArm": (0.2, -0.25, 0),
+    "leftLowerArm": (0.45, -0.25, 0), "leftHand": (0.7, -0.25, 0), "rightUpperArm": (-0.2, -0.25, 0),
+    "rightLowerArm": (-0.45, -0.25, 0), "rightHand": (-0.7, -0.25, 0),
+}
+
+
+def vrm_from_head(glb: bytes) -> bytes:
+    """A minimal VRM 1.0 avatar made of the shipped head: the required humanoid bones as empty nodes, and the
+    lip-sync and blink presets bound to the head's ARKit morph targets (as an avatar tool would bind them)."""
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    names = gltf.meshes[0].extras["targetNames"]
+    bones = {}
+    for bone, translation in BONES.items():
+        gltf.nodes.append(pygltflib.Node(name=bone, translation=list(map(float, translation))))
+        gltf.scenes[0].nodes.append(len(gltf.nodes) - 1)
+        bones[bone] = {"node": len(gltf.nodes) - 1}
+    presets = {"aa": "jawOpen", "ih": "mouthSmile_L", "ou": "mouthPucker", "ee": "mouthStretch_L",
+               "oh": "mouthFunnel", "blinkLeft": "eyeBlink_L", "blinkRight": "eyeBlink_R"}
+    gltf.extensionsUsed = [*gltf.extensionsUsed, "VRMC_vrm"]
+    gltf.extensions = {**(gltf.extensions or {}), "VRMC_vrm": {
+        "specVersion": "1.0",
+        "meta": {"name": "anchorcast test head", "authors": ["anchorcast tests"],
+                 "licenseUrl": "https://vrm.dev/licenses/1.0/"},
+        "humanoid": {"humanBones": bones},
+        "expressions": {"preset": {preset: {"morphTargetBinds": [{"node": 0, "index": names.index(target),
+                                                                   "weight": 1.0}]}
+                                   for preset, target in presets.items()}},
+    }}
+    return b"".join(gltf.save_to_bytes())
+
+
+VRM_PAIR = """(() => {
+  const a = window.anchorcast.avatar3d, s = a.state, w = s.lastApplied.weights;
+  const weight = (name) => w[s.names.indexOf(name)];
+  return [weight("jawOpen"), a.expression("aa"), weight("eyeBlink_L"), a.expression("blinkLeft")];
+})()"""
+"""The page's jawOpen and aa, eyeBlink_L and blinkLeft now."""
+
+
+def test_a_vrm_avatar_from_the_profile_folder_speaks_with_its_presets(server: StudioServer) -> None:
+    from tests.browser import browser_page
+
+    head = httpx.get(f"{server.url}/static/avatar3d/head.glb", timeout=120).content
+    (server.profiles / "head.vrm").write_bytes(vrm_from_head(head))
+    with browser_page(320, 320) as page:
+        page.goto(f"{server.url}/avatar3d/face?watch={watch_key(TOKEN, 'face')}&model=head.vrm&antialias=0")
+        page.wait_for_function("window.anchorcast?.avatar3d?.state.applied > 5", timeout=120_000)
+        state = page.evaluate("(({ model, error, bound }) => ({ model, error, bound }))"
+                              "(window.anchorcast.avatar3d.state)")
+        assert state == {"model": "vrm", "error": None, "bound": 7}
+        png = page.screenshot(omit_background=True)  # no ?background=: transparent around the head, for OBS
+        alpha = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)[:, :, 3]
+        assert alpha[:20, :20].max() == 0 and alpha[150:170, 150:170].min() == 255
+        said = httpx.post(f"{server.url}/v1/sessions/face/say", json={"text": SENTENCE}, headers=AUTH)
+        assert said.status_code == 202
+        # aa follows jawOpen, as the page's table maps it (VRM's own mouth override may zero it during a blink)
+        pairs = []
+        deadline = time.monotonic() + 120
+        while len(pairs) < 20 and time.monotonic() < deadline:
+            pair = page.evaluate(VRM_PAIR)
+            if pair[0] > 0.05:
+                pairs.append(pair)
+            time.sleep(0.1)
+        assert len(pairs) >= 20, "the speech's frames did not show"
+        for jaw, aa, blink, blink_left in pairs:
+            assert blink_left == pytest.approx(min(1.0, blink), abs=1e-3)
+            assert aa == pytest.approx(min(1.0, jaw), abs=1e-3) or (blink > 0.5 and aa < jaw)
+    while queued(server):
+        time.sleep(0.5)
