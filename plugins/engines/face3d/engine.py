@@ -100,7 +100,7 @@ class Face3DEngine:
             self.face, fmt.width, fmt.height, identity=self.identity, skin=self.skin, texture=self.texture,
             background=self.background, samples=self.samples))
         if self._motion is None:
-            self._still = self._draw(np.zeros(len(self.face.expression_names), np.float32), 0)
+            self._still = self._draw_all(np.zeros((1, len(self.face.expression_names)), np.float32), [0])[0]
             self._still.flags.writeable = False
 
     def close(self) -> None:
@@ -134,7 +134,7 @@ class Face3DEngine:
     def render(self, jobs: Sequence[FrameJob]) -> list[Image]:
         """One new (H, W, 3) RGB uint8 picture per job, tagged with its coefficients."""
         weights = self.coefficients(jobs)
-        return [self._draw(weights[row], job.index) for row, job in enumerate(jobs)]
+        return self._draw_all(weights, [job.index for job in jobs])
 
     def idle(self, index: int) -> Image:
         """The head at rest: without idle motion one cached picture; with it, this frame's blink, gaze and head
@@ -147,7 +147,7 @@ class Face3DEngine:
             cached = self._idle_frames.get(index)
         if cached is not None:
             return cached
-        image = self._draw(self._motion.coefficients(index), index)
+        image = self._draw_all(self._motion.coefficients(index)[None], [index])[0]
         image.flags.writeable = False
         with self._idle_lock:
             self._idle_frames[index] = image
@@ -155,14 +155,20 @@ class Face3DEngine:
                 self._idle_frames.popitem(last=False)
         return image
 
-    def _draw(self, weights: npt.NDArray[np.float32], index: int) -> Image:
+    def _draw_all(self, weights: npt.NDArray[np.float32], indices: Sequence[int]) -> list[Image]:
+        """The frames ``indices`` with ``weights`` (n, 53), drawn in one hand-over to the worker thread (one
+        thread switch a batch, not one a frame, which counts where other processes share the cores)."""
         renderer = self._renderer
         assert renderer is not None, "open() first"
-        pose = self._motion.pose(index) if self._motion is not None else NEUTRAL_POSE
-        rgba = self._on_worker(lambda: renderer.render(weights, pose))
-        self._matte = rgba[..., 3]
-        image = np.ascontiguousarray(rgba[..., :3])
-        return tag_image(image, coefficients=np.asarray(weights, np.float32).copy())
+        poses = [self._motion.pose(index) if self._motion is not None else NEUTRAL_POSE for index in indices]
+
+        def draw() -> list[npt.NDArray[np.uint8]]:
+            return [renderer.render(row, pose) for row, pose in zip(weights, poses, strict=True)]
+
+        pictures = self._on_worker(draw)
+        self._matte = pictures[-1][..., 3]
+        return [tag_image(np.ascontiguousarray(rgba[..., :3]), coefficients=np.array(row, np.float32))
+                for rgba, row in zip(pictures, weights, strict=True)]
 
     @property
     def matte(self) -> Image | None:
