@@ -6,6 +6,7 @@ the sound's clock."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 import time
@@ -60,8 +61,12 @@ path = "session.vtt"
 
 
 def weights_line(folder: Path) -> str:
-    """The shipped weights when the package has them; else a checkpoint of an untrained model (the stream's
-    shape and timing do not depend on it; only the speaking-versus-idle figures do)."""
+    """``ANCHORCAST_TEST_FACE3D_WEIGHTS`` (a checkpoint, e.g. a training run's), else the shipped weights when
+    the package has them, else an untrained model's (the stream's shape and timing do not depend on it; only
+    the speaking-versus-idle figures and the look of docs/avatar3d.png do)."""
+    given = os.environ.get("ANCHORCAST_TEST_FACE3D_WEIGHTS")
+    if given:
+        return f'weights = "{Path(given).resolve()}"'
     shipped = Path(coeff_model.__file__).resolve().parent / "assets" / "coeffs.safetensors"
     if shipped.exists():
         return ""
@@ -203,7 +208,9 @@ def test_the_stream_and_the_page_refuse_a_missing_key_and_an_unknown_session(ser
 
     assert httpx.get(f"{server.url}/avatar3d/face").status_code == 401
     assert httpx.get(f"{server.url}/avatar3d/nope?token={TOKEN}").status_code == 404
-    page = httpx.get(f"{server.url}/avatar3d/face?watch={watch_key(TOKEN, 'face')}")
+    address = httpx.get(f"{server.url}/v1/sessions/face/overlay", headers=AUTH).json()["avatar3d_path"]
+    assert address == f"/avatar3d/face?watch={watch_key(TOKEN, 'face')}"
+    page = httpx.get(server.url + address)
     assert page.status_code == 200 and '<script type="importmap">' in page.text
     assert httpx.get(f"{server.url}/avatar3d/face/models/../../etc/passwd?token={TOKEN}").status_code == 404
     assert httpx.get(f"{server.url}/avatar3d/face/models/small.toml?token={TOKEN}").status_code == 400

@@ -95,5 +95,6 @@ def add_whep_routes(app: FastAPI, studio: Studio, token: str, authorized: list[A
         path = overlay_path(token, session_id)
         url = studio.overlay_for(session_id) if studio.overlay_for else str(request.base_url).rstrip("/") + path
         return {"url": url, "path": path,
+                "avatar3d_path": f"/avatar3d/{session_id}?watch={watch_key(token, session_id)}",
                 "watch_key": watch_key(token, session_id),
                 "width": session.profile.stream.width, "height": session.profile.stream.height}
