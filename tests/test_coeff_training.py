@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from anchorcast.errors import InputError
+from anchorcast_plugins.engines.face3d import coeff_model
 from anchorcast_plugins.engines.face3d.coeff_model import CoefficientModel
+from anchorcast_plugins.engines.face3d.teacher import teacher_coefficients
 from anchorcast_plugins.engines.face3d.training import (
     CoeffsConfig,
     CoeffsLoss,
@@ -23,7 +25,16 @@ from anchorcast_plugins.engines.face3d.training import (
     load_items,
     train_coeffs,
 )
-from anchorcast_plugins.engines.face3d.training_data import HELDOUT_VOICE, VOICES, build_dataset, load_dataset
+from anchorcast_plugins.engines.face3d.training_data import (
+    HELDOUT_VOICE,
+    VOICES,
+    Item,
+    build_dataset,
+    load_dataset,
+    make_voice,
+    speak,
+    to_16k,
+)
 from anchorcast_plugins.engines.face3d.training_eval import compare
 from anchorcast_plugins.engines.wav2lip.training.cli_args import configure_train, run_train
 from tests.test_livelink import write_take
@@ -133,3 +144,21 @@ def test_live_link_takes_train_alongside_the_teacher(teacher_set: Path, tmp_path
     assert {item.voice for item in train} == {"espeak-en", "livelink-anna"}
     assert "livelink-anna" in {item.voice for item in heldout}
     assert train_coeffs(settings)["finished"]
+
+
+def test_the_shipped_weights_beat_the_viseme_engine_on_an_unseen_sentence_and_voice() -> None:
+    weights = Path(coeff_model.__file__).parent / "assets" / "coeffs.safetensors"
+    assert weights.stat().st_size <= 20 * 1024 * 1024
+    model = CoefficientModel.load(weights)
+    spec = next(v for v in VOICES if v.name == HELDOUT_VOICE)
+    items = []
+    for language, text in (("en", "Heavy rain flooded the old market square, but the shops will open tomorrow."),
+                           ("zh", "今天下午，上海的地铁因为暴雨暂停了半个小时。")):
+        audio, rate, phonemes = speak(make_voice(spec, language), text, language)
+        audio16 = to_16k(audio, rate)
+        frames = len(audio16) // 640
+        target = teacher_coefficients(phonemes, audio, rate, frames, 25)
+        items.append(Item(language, audio16, target, spec.name, "heldout-voice", language, text))
+    figures = compare(model, items)
+    assert figures["model"].mouth_l1 < figures["viseme (audio)"].mouth_l1, figures
+    assert abs(figures["model"].best_lag) <= 1 and figures["model"].envelope_correlation > 0.4, figures
