@@ -31,7 +31,8 @@ from anchorcast_plugins.engines.face3d.coeff_model import CoefficientModel
 from anchorcast_plugins.engines.face3d.training_data import Item, load_dataset
 from anchorcast_plugins.engines.face3d.training_eval import compare
 
-SHIPPED = Path(__file__).resolve().parent.parent / "plugins" / "engines" / "face3d" / "assets" / "coeffs.safetensors"
+SHIPPED = (Path(__file__).resolve().parent.parent / "plugins" / "engines" / "face3d" / "assets"
+           / "coeffs.safetensors")
 
 ROWS: tuple[tuple[str, Callable[[Item], bool]], ...] = (
     ("held-out sentences, piper", lambda i: i.split == "heldout-sentence" and i.voice.startswith("piper")),
