@@ -237,7 +237,8 @@ async function start() {
   try {
     await rig.load(modelUrl());
   } catch (error) {
-    show(`cannot load the model ${query.get("model") || "(the shipped head)"}: ${error.message || error}`);
+    const reason = String(error.message || error).replaceAll(encodeURIComponent(credential), "***");
+    show(`cannot load the model ${query.get("model") || "(the shipped head)"}: ${reason}`);
     return;
   }
   state.model = rig.vrm ? "vrm" : "gltf";
