@@ -105,9 +105,10 @@ function useClock() {
     try {
       clock = new AudioClock();
       if (!clock.running) {
+        // A browser that blocks sound without a click: the newest frame shows, silent, until a click.
         clock.resume().catch(() => {});
-        // A browser that blocks sound without a click: the wall clock until the click starts the sound.
-        addEventListener("click", () => clock.resume(), { once: true });
+        setTimeout(() => { if (!clock.running) show("click the page to start the sound"); }, 1000);
+        addEventListener("click", () => clock.resume().then(() => show(null)), { once: true });
       }
       return;
     } catch (_) { /* no Web Audio: fall through */ }
@@ -153,7 +154,8 @@ function quarterLevels(sound) {
   const levels = [];
   for (let q = 0; q < 4; q += 1) {
     let sum = 0;
-    for (let i = q * quarter; i < Math.min(sound.length, (q + 1) * quarter); i += 1) sum += (sound[i] / 32768) ** 2;
+    const end = Math.min(sound.length, (q + 1) * quarter);
+    for (let i = q * quarter; i < end; i += 1) sum += (sound[i] / 32768) ** 2;
     levels.push(Math.sqrt(sum / quarter));
   }
   return levels;
@@ -185,7 +187,10 @@ let dirty = true;  // a glTF head changes only with new weights: draw only then 
 
 function tick() {
   const nowMs = performance.now();
-  const playing = clock ? clock.now() : null;
+  let playing = clock ? clock.now() : null;
+  if (playing === null && clock && clock.push && !clock.running && frames.length) {
+    playing = frames[frames.length - 1].pts;  // the sound is blocked until a click: the newest frame, unsynced
+  }
   if (playing !== null) {
     while (frames.length > 1 && frames[1].pts <= playing) frames.shift();
     const frame = frames[0];
