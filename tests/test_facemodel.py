@@ -325,6 +325,13 @@ def test_cli_export_glb_of_the_shipped_asset(tmp_path: Path) -> None:
     assert_glb_matches(glb, FaceModel.load(SHIPPED_ASSET))
     gltf = pygltflib.GLTF2().load(str(glb))
     assert [material.name for material in gltf.materials] == ["skin", "mouth", "teeth", "iris", "sclera"]
+    sparse = tmp_path / "out" / "sparse.glb"
+    result = run_cli("export-glb", sparse, "--sparse", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stored = pygltflib.GLTF2().load(str(sparse))
+    targets = stored.meshes[0].primitives[0].targets
+    assert len(targets) == 53 and all(stored.accessors[target["POSITION"]].sparse is not None for target in targets)
+    assert sparse.stat().st_size < 0.5 * glb.stat().st_size
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ DEFAULT_IMPORT_OUT = Path("face_model.npz")
 
 
 def configure_facemodel(parser: argparse.ArgumentParser) -> None:
-    """Adds ``import DIR [--out PATH] [--identities N]`` and ``export-glb OUT.glb [--asset PATH]``."""
+    """Adds ``import DIR [--out PATH] [--identities N]`` and ``export-glb OUT.glb [--asset PATH] [--sparse]``."""
     actions = parser.add_subparsers(dest="facemodel_action", metavar="ACTION", required=True)
     add = actions.add_parser(
         "import", help="make a compact face-model asset from an ICT-FaceKit folder",
@@ -29,6 +29,9 @@ def configure_facemodel(parser: argparse.ArgumentParser) -> None:
     export.add_argument("out", type=Path, metavar="OUT.glb", help="the .glb file to write")
     export.add_argument("--asset", type=Path, metavar="PATH",
                         help="a face-model asset (default: the bundled ICT-FaceKit head)")
+    export.add_argument("--sparse", action="store_true",
+                        help="store each morph target sparse: only the vertices it moves more than 0.01 mm "
+                             "(the bundled head: 5.5 MB instead of 18 MB)")
 
 
 def _count(text: str) -> int:

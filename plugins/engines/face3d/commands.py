@@ -23,7 +23,7 @@ def run_facemodel(host: Any, args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.facemodel_action == "import":
         return _run_import(console, args.folder, args.out, args.identities)
-    return _run_export(console, args.out, args.asset or SHIPPED_ASSET)
+    return _run_export(console, args.out, args.asset or SHIPPED_ASSET, args.sparse)
 
 
 def _run_import(console: Console, folder: Path, out: Path, identities: int | None) -> int:
@@ -50,14 +50,15 @@ def _run_import(console: Console, folder: Path, out: Path, identities: int | Non
     return 0
 
 
-def _run_export(console: Console, out: Path, asset: Path) -> int:
+def _run_export(console: Console, out: Path, asset: Path, sparse: bool) -> int:
     started = time.perf_counter()
     with console.status(f"writing {escape(str(out))}"):
-        summary = export_glb(FaceModel.load(asset), out)
+        summary = export_glb(FaceModel.load(asset), out, sparse=sparse)
     console.print(
         f"[bold]glTF[/] {escape(str(summary.path))} ({summary.size / 1e6:.1f} MB) from {escape(str(asset))}\n"
         f"  mesh         {summary.vertices} vertices, {summary.triangles} triangles, "
         f"{summary.primitives} materials\n"
-        f"  targets      {summary.targets} morph targets, named in mesh.extras.targetNames\n"
+        f"  targets      {summary.targets} morph targets{' (sparse)' if sparse else ''}, named in "
+        f"mesh.extras.targetNames\n"
         f"  took         {time.perf_counter() - started:.1f} s", highlight=False)
     return 0
