@@ -5,6 +5,7 @@ the sound's clock."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -259,7 +260,7 @@ def mouth_motion(page: Any, box: list[int], shots: int) -> list[float]:
         png = page.screenshot(clip=clip)
         frames.append(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE).astype(np.float32))
         time.sleep(0.15)
-    return [float(np.abs(b - a).mean()) for a, b in zip(frames, frames[1:])]
+    return [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
 
 
 def heard_lag(heard: list[list[float]], levels: dict[int, list[float]]) -> tuple[float, float, float]:

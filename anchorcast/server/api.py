@@ -9,7 +9,6 @@ when a session's queue is full, 503 at the session limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import tempfile
@@ -39,6 +38,8 @@ from anchorcast.server.pcm import PcmStream
 from anchorcast.server.preview import BOUNDARY, multipart_part
 from anchorcast.server.session import NotOnAir
 from anchorcast.server.studio import AtCapacity, Conflict, Forbidden, NotFound, Studio
+from anchorcast.server.websockets_common import close as _close
+from anchorcast.server.websockets_common import deny as _deny
 from anchorcast.server.whep import add_whep_routes
 
 log = logging.getLogger(__name__)
@@ -326,17 +327,6 @@ async def _session_or_deny(websocket: WebSocket, studio: Studio, session_id: str
         return None
 
 
-async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
-    """Refuses a WebSocket handshake with an HTTP status and a JSON body where the server can send one."""
-    try:
-        await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status))
-    except RuntimeError:  # the server cannot send a denial response: close before accepting (HTTP 403)
-        await websocket.close(code=1008, reason=detail[:120])
-
-
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(RuntimeError):  # already closed by the client
-        await websocket.close(code=code, reason=reason)
 
 
 async def _pump(websocket: WebSocket, subscription: Subscription[dict[str, Any]]) -> None:

@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
 
 from anchorcast.media import AudioChunk, StreamFormat, VideoFrame
 from anchorcast.server.auth import COOKIE, bearer, token_matches, watch_key
+from anchorcast.server.websockets_common import close as _close
+from anchorcast.server.websockets_common import deny as _deny
 
 HEADER = struct.Struct("<BBHIddII")
 """The binary message's header (32 bytes, so the float32 weights after it are aligned)."""
@@ -251,15 +252,3 @@ async def _stream(websocket: WebSocket, session: Any, output: CoefficientOutput,
         return
     finally:
         receiver.cancel()
-
-
-async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
-    try:
-        await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status))
-    except RuntimeError:  # the server cannot send a denial response: close before accepting (HTTP 403)
-        await websocket.close(code=1008, reason=detail[:120])
-
-
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(RuntimeError):
-        await websocket.close(code=code, reason=reason[:120])

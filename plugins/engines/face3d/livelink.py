@@ -165,7 +165,7 @@ def load_livelink_folder(folder: Path, fps: Fraction | int = 25, heldout_every: 
     """Every take (``*.csv`` with its ``.wav``) in ``folder`` as training items. The last take (sorted by name)
     and every ``heldout_every``-th before it are held out, when there are two or more. The voice is the folder's
     name (one performer per folder)."""
-    from .training_data import Item  # noqa: F811 (the class, at run time)
+    from .training_data import Item
 
     if not folder.is_dir():
         raise InputError(f"Live Link Face folder {folder} not found")

@@ -205,7 +205,7 @@ def load_checkpoint(run: RunFolder, model: CoefficientModel, optimizer: torch.op
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"format {state.get('format')!r}")
         optimizer.load_state_dict(state["optimizer"])
-    except Exception as error:  # noqa: BLE001 (torch raises many kinds for a damaged file)
+    except Exception as error:
         raise InputError(f"cannot resume from {run.state_path}: {error}", hint="start a new run") from None
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])

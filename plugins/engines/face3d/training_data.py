@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
