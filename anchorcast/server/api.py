@@ -327,8 +327,6 @@ async def _session_or_deny(websocket: WebSocket, studio: Studio, session_id: str
         return None
 
 
-
-
 async def _pump(websocket: WebSocket, subscription: Subscription[dict[str, Any]]) -> None:
     """Sends the subscription's items until it ends or the client leaves (noticed even while idle)."""
     receiver = asyncio.ensure_future(websocket.receive())

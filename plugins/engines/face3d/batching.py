@@ -22,8 +22,8 @@ import numpy.typing as npt
 from anchorcast.components import FrameJob
 from anchorcast.resampling import Resampler
 
-from ..wav2lip.audio import N_FFT, PREEMPHASIS, SAMPLE_RATE, frame_start_sample
-from .coeff_model import FEATURE_HOP, LOOKAHEAD_COLUMNS, CoefficientModel, _mel_columns, frame_columns
+from ..wav2lip.audio import SAMPLE_RATE, frame_start_sample
+from .coeff_model import LOOKAHEAD_COLUMNS, CoefficientModel, column_samples, columns_from_raw, frame_columns
 
 Float32Array = npt.NDArray[np.float32]
 LogitsFunction = Callable[[Float32Array, int, tuple[int, int]], Float32Array]
@@ -97,13 +97,12 @@ class BatchCoefficients:
         _, stop = frame_columns(last.index, self.fps)
         low = max(0, start - self.model.context_columns)
         high = stop - 1 + LOOKAHEAD_COLUMNS
-        begin = FEATURE_HOP * low - N_FFT // 2 - 1 - origin
-        end = FEATURE_HOP * high + N_FFT // 2 - origin
+        begin, end = (sample - origin for sample in column_samples(low, high))
         raw = np.asarray(audio, np.float64)
         # the host zero-pads outside the timeline; rounding at other rates may leave a sample or two to pad here
         raw = np.pad(raw[max(begin, 0): max(min(end, raw.size), 0)], (max(-begin, 0), max(end - raw.size, 0)))
         raw = raw[: end - begin]
-        mel = _mel_columns(raw[1:] - PREEMPHASIS * raw[:-1], high - low + 1)
+        mel = columns_from_raw(raw, high - low + 1)
         logits = self.logits(mel, low, (start, stop))
         result = np.empty((len(jobs), logits.shape[-1]), np.float32)
         for row, job in enumerate(jobs):

@@ -89,6 +89,17 @@ def frame_count(samples: int, fps: Fraction | float) -> int:
     return math.floor(-(-samples // FEATURE_HOP) * _fps(fps) / COLUMNS_PER_SECOND)
 
 
+def column_samples(low: int, high: int) -> tuple[int, int]:
+    """The raw timeline samples ``[begin, end)`` that columns ``low .. high`` read (the sample before the first
+    window included, for the pre-emphasis)."""
+    return FEATURE_HOP * low - N_FFT // 2 - 1, FEATURE_HOP * high + N_FFT // 2
+
+
+def columns_from_raw(raw: npt.NDArray[np.float64], count: int) -> Float32Array:
+    """(count, 80) columns of raw samples ``column_samples(low, low + count - 1)``."""
+    return _mel_columns(raw[1:] - PREEMPHASIS * raw[:-1], count)
+
+
 def _mel_columns(emphasised: npt.NDArray[np.float64], count: int) -> Float32Array:
     """(count, 80) columns of pre-emphasised audio whose sample ``160 k`` starts column ``k``'s window."""
     frames = sliding_window_view(emphasised[: FEATURE_HOP * (count - 1) + N_FFT], N_FFT)[::FEATURE_HOP]
@@ -128,7 +139,7 @@ class CoefficientConfig:
             raise ValueError(f"{self}: width must be a multiple of 2 x heads and at most the period")
 
 
-def _band_mask(size: int, back: int, ahead: int, device: torch.device) -> torch.Tensor:
+def band_mask(size: int, back: int, ahead: int, device: torch.device) -> torch.Tensor:
     """True where query ``i`` must not see key ``j``: outside ``i - back <= j <= i + ahead``."""
     offset = torch.arange(size, device=device)[None, :] - torch.arange(size, device=device)[:, None]
     return (offset < -back) | (offset > ahead)
@@ -180,7 +191,7 @@ class CoefficientModel(nn.Module):
         low = first
         for depth, layer in enumerate(self.encoder.layers):
             ahead = LOOKAHEAD_COLUMNS if depth == 0 else 0
-            x = layer(x, src_mask=_band_mask(x.shape[1], self.config.layer_window, ahead, x.device))
+            x = layer(x, src_mask=band_mask(x.shape[1], self.config.layer_window, ahead, x.device))
             # Later layers need less: the rest of the window back, nothing past ``stop`` (they are causal).
             new_low = max(low, start - (self.config.layers - depth - 1) * self.config.layer_window)
             x, low = x[:, new_low - low : stop - low], new_low
@@ -287,14 +298,13 @@ class StreamingCoefficients:
         start, stop = frame_columns(frame_index, self.fps)
         low, high = max(0, start - self.model.context_columns), stop - 1 + LOOKAHEAD_COLUMNS
         shift = offset - frame_start_sample(frame_index, self.fps)  # context index of timeline sample 0
-        begin, end = FEATURE_HOP * low - N_FFT // 2 - 1 + shift, FEATURE_HOP * high + N_FFT // 2 + shift
+        begin, end = (sample + shift for sample in column_samples(low, high))
         audio = np.asarray(context, np.float64).reshape(-1)
         if begin < 0 or end > audio.size:
             raise ValueError(f"frame {frame_index}: the context ({audio.size} samples, frame at {offset}) must "
                              f"cover samples {begin}..{end - 1}: give the engine lookbehind "
                              f"{self.lookbehind_samples} and lookahead {LOOKAHEAD_SAMPLES} samples at 16 kHz")
-        raw = audio[begin:end]
-        mel = _mel_columns(raw[1:] - PREEMPHASIS * raw[:-1], high - low + 1)
+        mel = columns_from_raw(audio[begin:end], high - low + 1)
         with torch.no_grad():
             features = torch.from_numpy(mel)[None].to(self.model.input.weight)
             logits = self.model.token_logits(features, low, (start, stop))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .batching import LogitsFunction, torch_logits
-from .coeff_model import LOOKAHEAD_COLUMNS, CoefficientModel, _band_mask
+from .coeff_model import LOOKAHEAD_COLUMNS, CoefficientModel, band_mask
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")
@@ -55,7 +55,7 @@ class _SteadyState(nn.Module):
         x = model.input(mel) + positions
         for depth, layer in enumerate(model.encoder.layers):
             ahead = LOOKAHEAD_COLUMNS if depth == 0 else 0
-            x = layer(x, src_mask=_band_mask(x.shape[1], window, ahead, x.device))
+            x = layer(x, src_mask=band_mask(x.shape[1], window, ahead, x.device))
             x = x[:, window: x.shape[1] - ahead]
         return model.head(model.encoder.norm(x))
 
