@@ -96,6 +96,11 @@ class GeneratorDefaults:
     clip_seconds = 4.0
     seed = 0
     device = "auto"
+    disc_every = 1
+    disc_lr = 1e-5
+    disc_floor = 0.6
+    shift_min = 5
+    eval_pairs = 32
 
 
 def configure_generator(parser: argparse.ArgumentParser, stage: str) -> None:
@@ -141,7 +146,31 @@ def configure_generator(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--save-every", type=int, default=defaults.save_every,
                         help=f"checkpoint every N steps ({defaults.save_every})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed ({defaults.seed})")
+    if stage != "finetune":
+        configure_alternation(parser)
     add_common_options(parser, defaults.device)
+
+
+def configure_alternation(parser: argparse.ArgumentParser) -> None:
+    """``--alternate`` and its options (``train generator`` and ``train gan``)."""
+    defaults = GeneratorDefaults
+    group = parser.add_argument_group(
+        "alternating training", "once the sync term is on, a sync-discriminator step (a trainable copy of the "
+        "expert, on real pairs and on the generator's output with shifted audio) follows every --disc-every "
+        "generator steps; the frozen original expert still scores the held-out sync")
+    group.add_argument("--alternate", action="store_true",
+                       help="train the sync discriminator in turn with the generator")
+    group.add_argument("--disc-every", type=int, default=defaults.disc_every, metavar="N",
+                       help=f"generator steps per sync-discriminator step ({defaults.disc_every})")
+    group.add_argument("--disc-lr", type=float, default=defaults.disc_lr,
+                       help=f"the sync discriminator's Adam learning rate ({defaults.disc_lr})")
+    group.add_argument("--disc-floor", type=float, default=defaults.disc_floor, metavar="ACCURACY",
+                       help="below this held-out accuracy on real pairs the sync discriminator is reverted to the "
+                            f"expert and its steps stop ({defaults.disc_floor})")
+    group.add_argument("--shift-min", type=int, default=defaults.shift_min,
+                       help=f"off-sync audio is at least this many frames away ({defaults.shift_min})")
+    group.add_argument("--eval-pairs", type=int, default=defaults.eval_pairs,
+                       help=f"held-out real pairs for the sync discriminator's accuracy ({defaults.eval_pairs})")
 
 
 def add_common_options(parser: argparse.ArgumentParser, device: str = "auto") -> None:
@@ -191,7 +220,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                     "to 16 kHz and store the teacher's 25 fps ARKit coefficients from the phoneme timings, with "
                     "held-out sentences and a held-out voice."))
     configure_generator(actions.add_parser(
-        "gan", help="refine a generator with the visual-quality discriminator (expert frozen)",
+        "gan", help="refine a generator with the visual-quality discriminator (expert frozen, or --alternate)",
         description="Train the generator with the adversarial term of the visual-quality discriminator added "
                     "(Adam betas 0.5, 0.999 for both), the expert frozen. Writes generator.safetensors and "
                     "discriminator.safetensors."), "gan")
@@ -241,7 +270,7 @@ def run_train(host: object, args: argparse.Namespace) -> int:
 
         return run_syncnet(host, args)
     if args.train_action in ("generator", "finetune", "gan"):
-        from anchorcast_plugins.engines.wav2lip.training.generator import run_generator
+        from anchorcast_plugins.engines.wav2lip.training.generator_cli import run_generator
 
         return run_generator(host, args, args.train_action)
     if args.train_action == "coeffs":
