@@ -8,7 +8,15 @@ A data set folder holds:
 - ``clips/<id>/faces.npy``: (N, 96, 96, 3) uint8 BGR face crops, as the Wav2Lip models take them;
 - ``clips/<id>/audio.npy``: float32 mono 16 kHz, exactly ``N * 640`` samples (the clip's frames' own audio);
 - ``clips/<id>/mel.npy``: the (80, T) reference mel spectrogram of that audio (see
-  :func:`anchorcast_plugins.engines.wav2lip.audio.melspectrogram`).
+  :func:`anchorcast_plugins.engines.wav2lip.audio.melspectrogram`);
+- ``clips/<id>/audio_original.npy`` (optional, ``anchorcast train prepare`` writes it when it denoised the sound):
+  the clip's sound before denoising, same length as ``audio.npy``, for reference; ``audio.npy`` and the mel are
+  the denoised sound.
+
+Prepared data sets also carry, in ``dataset.json``, the ``prepared`` options and a ``people`` map: one entry per
+speaker (``{"clips": [ids], "sources": [videos]}``), a speaker being ``--speaker``'s name or one person found by
+face-embedding clustering. A clip's folder stays ``clips/<id>``: a person's clips are grouped by the ``speaker``
+field (and their ids start with it), not by folder, so every reader keeps its paths.
 
 SyncNet pairs follow the reference's training indexing: the five frames starting at frame ``t`` go with the mel
 window ``mel[:, int(80 * t / 25) : + 16]``; a negative takes the window of another start ``u`` in the same clip
@@ -37,6 +45,7 @@ DATASET_VERSION = 1
 INFO_FILE = "dataset.json"
 CLIPS_DIR = "clips"
 FACES_FILE, AUDIO_FILE, MEL_FILE = "faces.npy", "audio.npy", "mel.npy"
+ORIGINAL_AUDIO_FILE = "audio_original.npy"
 FPS = 25
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
@@ -94,6 +103,12 @@ class Clip:
     @cached_property
     def mel(self) -> npt.NDArray[np.float32]:
         return np.load(self.folder / MEL_FILE)
+
+    @cached_property
+    def audio_original(self) -> npt.NDArray[np.float32] | None:
+        """The sound before denoising (memory map), or None when the clip was not denoised."""
+        path = self.folder / ORIGINAL_AUDIO_FILE
+        return np.load(path, mmap_mode="r") if path.is_file() else None
 
     @property
     def seconds(self) -> float:
@@ -298,9 +313,10 @@ class DatasetWriter:
         self.entries: list[dict[str, Any]] = []
 
     def add(self, cid: str, speaker: str, faces: npt.NDArray[np.uint8], audio: npt.ArrayLike, source: str,
-            truth: dict[str, Any] | None = None) -> dict[str, Any]:
+            truth: dict[str, Any] | None = None, original: npt.ArrayLike | None = None) -> dict[str, Any]:
         """Stores one clip: ``faces`` (N,96,96,3) uint8 BGR; ``audio`` 16 kHz mono, cut or padded with silence
-        to ``N * 640`` samples; its mel spectrogram is computed here."""
+        to ``N * 640`` samples; its mel spectrogram is computed here. ``original``: the sound before denoising,
+        kept as ``audio_original.npy`` (cut or padded the same way)."""
         from anchorcast_plugins.engines.wav2lip.audio import melspectrogram
 
         if not _ID_PATTERN.match(cid) or any(e["id"] == cid for e in self.entries):
@@ -316,11 +332,28 @@ class DatasetWriter:
         np.save(folder / FACES_FILE, faces)
         np.save(folder / AUDIO_FILE, samples)
         np.save(folder / MEL_FILE, melspectrogram(samples))
+        if original is not None:
+            kept = np.asarray(original, np.float32).reshape(-1)[:wanted]
+            np.save(folder / ORIGINAL_AUDIO_FILE, np.pad(kept, (0, wanted - len(kept))))
         entry: dict[str, Any] = {"id": cid, "speaker": speaker, "frames": len(faces), "source": source}
         if truth is not None:
             entry["truth"] = truth
         self.entries.append(entry)
         return entry
+
+    def relabel(self, cid: str, speaker: str, new_id: str) -> str:
+        """Gives a clip added before another speaker and id (its folder is renamed); returns the id used (made
+        unique with trailing ``x`` when taken)."""
+        entry = next(e for e in self.entries if e["id"] == cid)
+        taken = {e["id"] for e in self.entries} - {cid}
+        while new_id in taken:
+            new_id += "x"
+        if not _ID_PATTERN.match(new_id):
+            raise ValueError(f"clip id {new_id!r} is not a valid folder name")
+        if new_id != cid:
+            os.replace(self.partial / CLIPS_DIR / cid, self.partial / CLIPS_DIR / new_id)
+        entry["id"], entry["speaker"] = new_id, speaker
+        return new_id
 
     def remove(self, cid: str) -> None:
         """Takes a clip added before back out (its files and its entry)."""
