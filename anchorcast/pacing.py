@@ -3,8 +3,11 @@ meet the first frame's deadline, from the engine's measured latency per frame.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 OverrunPolicy = Literal["repeat", "idle", "fallback"]
 
@@ -29,6 +32,20 @@ class SchedulerConfig:
     """How far ahead of air time the renderer may draw frames (frames are big: this bounds memory)."""
     audio_ahead_s: float = 120.0
     """How far ahead of air time the voice may synthesize."""
+
+
+def budget_for_source(config: SchedulerConfig, source: Any) -> SchedulerConfig:
+    """``config`` with the live source's own delay taken out of the latency budget: the budget runs from when the
+    sound reached the source, and a source that holds audio back (the ``mic`` source's denoiser, its optional
+    ``added_latency_s``) has spent that much of it before the audio reaches the timeline."""
+    added = float(getattr(source, "added_latency_s", 0.0) or 0.0)
+    if not (config.live and getattr(source, "live", False) and added > 0):
+        return config
+    budget = config.latency_budget_ms - added * 1000
+    if budget < 0:
+        log.warning("the source delays its audio by %.0f ms, more than latency_budget_ms (%.0f ms): frames air "
+                    "as soon as its audio arrives", added * 1000, config.latency_budget_ms)
+    return replace(config, latency_budget_ms=max(0.0, budget))
 
 
 class BatchLatency:

@@ -5,7 +5,11 @@ callback only queues each block (a bounded queue: when the reader falls behind, 
 and counted); :meth:`MicSource.items` resamples when the device cannot capture at the wanted rate and yields
 :class:`~anchorcast.media.AudioChunk` objects whose ``start`` counts samples on the microphone's own clock. When
 PortAudio reports an input overflow (samples were lost), the gap is filled with silence of the estimated length,
-so the media clock never slips behind the wall clock.
+so the media clock never slips behind the wall clock. Block bookkeeping lives in :mod:`.mic_blocks`.
+
+With ``denoise = true`` every chunk goes through RNNoise (:class:`~.noise_suppression.StreamingDenoiser`) before
+it leaves: the sound then leaves :attr:`MicSource.added_latency_s` later (24.5 ms at 16 kHz), and the scheduler
+takes that out of its latency budget, so "audio in to frame out" still means from the microphone.
 
 The stream starts when :meth:`MicSource.items` is first read, not at :meth:`MicSource.open`: audio captured while
 the other stages open would otherwise reach the timeline as a backlog and add its length to the latency.
@@ -31,7 +35,9 @@ from anchorcast import hookimpl
 from anchorcast.components import Setting
 from anchorcast.errors import InputError
 from anchorcast.media import AudioChunk, FloatAudio, SourceState, StreamFormat
+from anchorcast_plugins.sources.mic_blocks import GapEstimator, Rechunker
 from anchorcast_plugins.sources.mic_devices import AUDIO_SETUP_HINT, InputDevice, find_device, import_sounddevice
+from anchorcast_plugins.sources.noise_suppression import RNNOISE_RATE, StreamingDenoiser
 
 if TYPE_CHECKING:
     from anchorcast.host import Host
@@ -43,10 +49,6 @@ CHUNK_SECONDS = 0.02
 
 STALL_TIMEOUT_S = 10.0
 """A started microphone that delivers nothing for this long is an error, not an endless wait."""
-
-BASELINE_RELAX = 0.002
-"""How fast (seconds per second) the arrival-lateness baseline may rise, following the drift between the sound
-card's clock and the host's; faster drift than 0.2 % is not a real sound card."""
 
 SETTINGS: dict[str, Setting] = {
     "device": Setting(
@@ -62,6 +64,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     "queue_seconds": Setting(
         float, 2.0, "captured audio kept while the host falls behind; older audio is dropped", minimum=0.1,
+    ),
+    "denoise": Setting(
+        bool, False, "run the microphone through RNNoise speech denoising (as OBS's noise suppression does); it "
+        "delays the audio by 24.5 ms at 16 kHz (20 ms of RNNoise, 4.5 ms of resampling), which the scheduler takes "
+        "out of latency_budget_ms; needs a sample_rate of 8000, 16000, 24000 or 48000",
     ),
     "reconnect_s": Setting(
         float, 1.0, "a device that stops (unplugged, its sound server's source removed) is reopened this often "
@@ -106,12 +113,17 @@ class MicSource:
         capture_rate: int = 0,
         queue_seconds: float = 2.0,
         reconnect_s: float = 1.0,
+        denoise: bool = False,
     ) -> None:
+        if denoise and RNNOISE_RATE % sample_rate:
+            raise InputError(f"mic: denoise needs a sample_rate that divides {RNNOISE_RATE} Hz, not {sample_rate}",
+                             hint="set sample_rate to 16000 (or 8000, 24000, 48000), or denoise = false")
         self.device = device
         self.sample_rate = sample_rate
         self.requested_capture_rate = capture_rate
         self.queue_seconds = queue_seconds
         self.reconnect_s = reconnect_s
+        self.denoise = denoise
         self.chunk_samples = round(sample_rate * CHUNK_SECONDS)
         self.device_info: InputDevice | None = None
         self.capture_rate = 0
@@ -126,6 +138,14 @@ class MicSource:
         self._stream_error: str | None = None
         self._gaps: GapEstimator | None = None
         self._last_arrival = 0.0
+        self._denoiser: StreamingDenoiser | None = None
+        self._drop_denoised = False
+
+    @property
+    def added_latency_s(self) -> float:
+        """The delay the source adds to the sound on top of capture (after :meth:`open`): the denoiser's, 0 without
+        it. The scheduler counts it in its latency budget (:func:`anchorcast.pacing.budget_for_source`)."""
+        return self._denoiser.latency_seconds if self._denoiser is not None else 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -134,6 +154,7 @@ class MicSource:
         self.close()
         sd = import_sounddevice()
         device = find_device(sd, self.device)
+        self._denoiser = StreamingDenoiser(self.sample_rate, self.chunk_samples) if self.denoise else None
         with self._cond:
             self._closed = False
             self.stats = CaptureStats()
@@ -174,7 +195,7 @@ class MicSource:
             raise RuntimeError("MicSource.items() called before open()")
         if not self._start():
             return
-        chunker = _Rechunker(self.capture_rate, self.sample_rate, self.chunk_samples)
+        chunker = Rechunker(self.capture_rate, self.sample_rate, self.chunk_samples, self._denoiser)
         while True:
             try:
                 blocks = self._next_blocks()
@@ -187,11 +208,15 @@ class MicSource:
                     return
                 log.warning("mic: %s is back", self._device_text())
                 yield SourceState(0.0, "mic", "live", self._device_text())
-                emitted, chunker = chunker.emitted, _Rechunker(self.capture_rate, self.sample_rate, self.chunk_samples)
+                emitted = chunker.emitted
+                chunker = Rechunker(self.capture_rate, self.sample_rate, self.chunk_samples, chunker.denoiser)
                 chunker.emitted = emitted  # chunk starts stay monotonic across the gap
                 continue
             if blocks is None:
                 return
+            if self._drop_denoised and self._denoiser is not None:  # what it held is from before an interrupt
+                self._drop_denoised = False
+                self._denoiser = chunker.denoiser = StreamingDenoiser(self.sample_rate, self.chunk_samples)
             for block in blocks:
                 yield from chunker.push(block)
 
@@ -251,10 +276,12 @@ class MicSource:
 
     def interrupt(self) -> None:
         """Drops the audio captured but not yet read: it becomes silence of the same length, so the next chunks
-        keep their place on the clock (the host has already muted what it buffered)."""
+        keep their place on the clock (the host has already muted what it buffered). The denoiser starts afresh
+        (what it held is silence too)."""
         with self._cond:
             for i, block in enumerate(self._queue):
                 self._queue[i] = np.zeros_like(block)
+            self._drop_denoised = True
 
     def close(self) -> None:
         """Stops capturing; a reader inside :meth:`items` sees the end of the audio."""
@@ -323,68 +350,6 @@ class MicSource:
         return self.device_info.describe() if self.device_info else repr(self.device)
 
 
-class GapEstimator:
-    """How many blocks an input overflow lost, from when the blocks arrive.
-
-    A block's *lateness* is its arrival time minus the media time of its first sample (blocks so far over the
-    rate). In steady capture it hovers just above a baseline, the running minimum, which may rise by
-    :data:`BASELINE_RELAX` to follow the sound card's clock drift. A block flagged with an overflow that arrives
-    later than the baseline by at least half a block stands after lost audio of that length. A late block
-    without the flag lost nothing: the audio was buffered, and the blocks that follow catch up.
-    """
-
-    def __init__(self, rate: int, block: int) -> None:
-        self.rate = rate
-        self.block = block
-        self.blocks = 0
-        """Blocks accounted for so far, filled ones included."""
-        self._baseline: float | None = None
-        self._last: float | None = None
-
-    def observe(self, now: float, overflow: bool) -> int:
-        """Called for every delivered block, at its arrival; returns the blocks of silence to insert before it."""
-        lateness = now - self.blocks * self.block / self.rate
-        if self._baseline is None or self._last is None:
-            self._baseline = lateness
-        else:
-            self._baseline = min(self._baseline + BASELINE_RELAX * max(0.0, now - self._last), lateness)
-        self._last = now
-        missing = max(0, round((lateness - self._baseline) * self.rate / self.block)) if overflow else 0
-        self.blocks += missing + 1
-        return missing
-
-
-class _Rechunker:
-    """Capture-rate blocks in, ``chunk`` samples at ``rate`` out, resampled (soxr stream) when the rates differ."""
-
-    def __init__(self, capture_rate: int, rate: int, chunk: int) -> None:
-        self.rate = rate
-        self.chunk = chunk
-        self.emitted = 0
-        self._pending = np.zeros(0, np.float32)
-        self._resampler: Any = None
-        if capture_rate != rate:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(capture_rate, rate, 1, dtype="float32", quality="HQ")
-
-    def push(self, block: FloatAudio) -> Iterator[AudioChunk]:
-        if self._resampler is not None:
-            block = self._resampler.resample_chunk(block)
-        elif not len(self._pending) and len(block) == self.chunk:
-            yield self._emit(block)
-            return
-        self._pending = np.concatenate([self._pending, block])
-        while len(self._pending) >= self.chunk:
-            piece, self._pending = self._pending[: self.chunk], self._pending[self.chunk :]
-            yield self._emit(piece)
-
-    def _emit(self, samples: FloatAudio) -> AudioChunk:
-        chunk = AudioChunk(np.asarray(samples, np.float32), self.rate, self.emitted)
-        self.emitted += len(samples)
-        return chunk
-
-
 def _make_source(host: Host, settings: dict[str, Any]) -> MicSource:
     return MicSource(
         settings["device"],
@@ -392,6 +357,7 @@ def _make_source(host: Host, settings: dict[str, Any]) -> MicSource:
         capture_rate=settings["capture_rate"],
         queue_seconds=settings["queue_seconds"],
         reconnect_s=settings["reconnect_s"],
+        denoise=settings["denoise"],
     )
 
 
