@@ -255,3 +255,20 @@ def test_prepare_with_an_expert_drops_off_sync_clips(tmp_path: Path) -> None:
     assert [c.id for c in dataset.clips] == ["in-sync"]
     assert dataset.info["clips"][0]["sync"]["best_offset"] == 1
     assert dropped == [("late.mp4", dropped[0][1])] and "best audio offset is +5 frames" in dropped[0][1]
+
+
+def test_writer_keeps_the_original_sound_and_relabels_clips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    faces = rng.integers(0, 255, (10, 96, 96, 3), dtype=np.uint8)
+    noisy = rng.normal(0, 0.1, 10 * 640).astype(np.float32)
+    with DatasetWriter(tmp_path / "set") as writer:
+        writer.add("anna-take-000000", "anna", faces, noisy * 0.5, source="take.mp4", original=noisy[:6000])
+        writer.add("plain", "anna", faces, noisy, source="other.mp4")
+        assert writer.relabel("anna-take-000000", "anna-2", "plain") == "plainx"  # the id was taken
+        dataset = writer.finish()
+    moved = dataset.clip("plainx")
+    assert moved.speaker == "anna-2" and dataset.speakers == ["anna", "anna-2"]
+    assert moved.audio_original is not None and moved.audio_original.shape == (6400,)
+    assert np.array_equal(moved.audio_original[:6000], noisy[:6000]) and not moved.audio_original[6000:].any()
+    assert np.allclose(moved.audio, noisy * 0.5)
+    assert dataset.clip("plain").audio_original is None  # a clip (or an older data set) without one still loads
