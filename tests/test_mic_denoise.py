@@ -21,8 +21,8 @@ from anchorcast.pacing import SchedulerConfig, budget_for_source
 from anchorcast_plugins.sources.mic_source import MicSource
 from tests import pulse as pulse_module
 from tests.mic_child import CHUNK, RATE, REPO, Child
+from tests.noisy_speech import db, espeak
 from tests.pulse import PulseAudio
-from tests.test_noise_suppression import db, espeak
 
 PLAYER_BUFFER_MS = 250
 SNR_DB = 10.0

@@ -66,7 +66,10 @@ def rnnoise_library() -> Any:
     global _lib
     with _lib_lock:
         if _lib is None:
-            spec = importlib.util.find_spec("pyrnnoise")
+            try:
+                spec = importlib.util.find_spec("pyrnnoise")
+            except (ImportError, ValueError):
+                spec = None
             folders = list(spec.submodule_search_locations or []) if spec else []
             found = [path for folder in folders for path in Path(folder).glob("*rnnoise*.*")
                      if path.suffix in (".so", ".dylib", ".dll")]
@@ -151,9 +154,9 @@ class StreamingDenoiser:
     the input from :attr:`latency_samples` earlier, denoised. ``rate`` must divide 48 kHz (8, 16, 24 or 48 kHz).
 
     ``block``: the length of every block, when it is fixed (a microphone's 20 ms): blocks of whole 10 ms frames
-    then wait for nothing, and the latency is RNNoise's 20 ms plus the resampling filters' 4.5 ms. Without it (or
-    with blocks of other lengths) up to 10 ms more is held to make whole frames. ``speech`` is the voice
-    probability of the latest frame that left.
+    then wait for nothing, and the latency is RNNoise's 20 ms plus the resampling filters' 4.5 ms. Without it up
+    to 10 ms more is held to make whole frames; a block of another length than ``block`` may make it wait longer
+    from then on (:attr:`latency_samples` grows). ``speech`` is the voice probability of the latest frame.
     """
 
     def __init__(self, rate: int, block: int | None = None) -> None:
@@ -191,6 +194,9 @@ class StreamingDenoiser:
         if len(speech):
             self.speech = float(speech[-1])
         out = np.concatenate([self._out, self._downsample(denoised)])
+        if len(out) < len(block):  # a block of another length than promised: wait longer from now on
+            self.latency_samples += len(block) - len(out)
+            out = np.concatenate([out, np.zeros(len(block) - len(out), np.float32)])
         self._out = out[len(block):]
         return out[: len(block)], speech
 
