@@ -15,6 +15,7 @@ Both print ``READY`` once audio flows.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -25,7 +26,11 @@ from typing import Any
 import numpy as np
 
 from anchorcast.media import StreamFormat
-from tests.mic_child import RATE, READY_TIMEOUT_S, ProbePlugin
+from tests.mic_child import CHUNK, RATE, READY_TIMEOUT_S, REPO, Child, ProbePlugin
+from tests.pulse import PulseAudio
+
+PLAYER_BUFFER_MS = 250
+"""pacat's buffer: a small one underruns on a loaded machine and inserts silence into the sound."""
 
 
 def child_main(argv: list[str] | None = None) -> None:
@@ -111,3 +116,55 @@ def _host(options: dict[str, Any]) -> None:
     if failure:
         raise failure[0]
     (Path(options["out"]) / "report.json").write_text(json.dumps(report))
+
+
+# --- the parent's side -------------------------------------------------------------------------------------
+
+
+class DenoiseChild(Child):
+    """This module's :func:`child_main` in a child process started with the sound server's environment."""
+
+    def __init__(self, mode: str, options: dict[str, Any], env: dict[str, str]) -> None:
+        code = "from tests.mic_denoise_child import child_main; child_main()"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, mode, json.dumps(options)], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines = []
+
+
+def record_streams(pulse: PulseAudio, out: Path, denoise: list[bool], sound: np.ndarray
+                   ) -> tuple[Any, dict[str, Any]]:
+    """Plays ``sound`` (at :data:`RATE`) into the sink while one mic source per ``denoise`` flag records it;
+    returns ``streams.npz`` and ``streams.json``."""
+    options = {"denoise": denoise, "seconds": len(sound) / RATE + 2.5, "out": str(out)}
+    child = DenoiseChild("streams", options, pulse.client_env())
+    try:
+        child.wait_ready()
+        player = pulse.player(RATE, latency_ms=PLAYER_BUFFER_MS)
+        time.sleep(0.5)
+        player.write(sound)
+        player.finish()
+        code = child.finish(timeout=90)
+        if code != 0:
+            raise RuntimeError(f"the recording child failed ({code}): {child.output()}")
+    finally:
+        child.stop()
+    return np.load(out / "streams.npz"), json.loads((out / "streams.json").read_text())
+
+
+def locate(recording: np.ndarray, sound: np.ndarray) -> int:
+    """Where ``sound`` starts in ``recording`` (the cross-correlation peak)."""
+    size = 2 * len(recording)
+    correlation = np.fft.irfft(np.fft.rfft(recording, size) * np.conj(np.fft.rfft(sound, size)), size)
+    return int(np.argmax(correlation[: len(recording) - len(sound) + 1]))
+
+
+def left_delay_ms(streams: Any, late: int, early: int, late_at: int, early_at: int, length: int) -> float:
+    """How much later the same sound left stream ``late`` than stream ``early`` (wall clock, mean over every
+    seventh sample of it: a sample leaves with its 20 ms chunk, so single samples would be off by up to a
+    chunk)."""
+    samples = np.arange(0, length, 7)
+    left_late = streams[f"left_{late}"][(late_at + samples) // CHUNK]
+    left_early = streams[f"left_{early}"][(early_at + samples) // CHUNK]
+    return float(np.mean(left_late - left_early) * 1000)

@@ -5,41 +5,22 @@ wall clock against an undenoised capture of the same sound), and a live run take
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from anchorcast.errors import InputError
 from anchorcast.pacing import SchedulerConfig, budget_for_source
 from anchorcast_plugins.sources.mic_source import MicSource
 from tests import pulse as pulse_module
-from tests.mic_child import CHUNK, RATE, REPO, Child
-from tests.noisy_speech import db, espeak
+from tests.mic_child import RATE
+from tests.mic_denoise_child import DenoiseChild, left_delay_ms, locate, record_streams
+from tests.noisy_speech import db, noisy_speech
 from tests.pulse import PulseAudio
 
-PLAYER_BUFFER_MS = 250
 SNR_DB = 10.0
-EDGE_S = 1.5
-"""Noise alone before and after the speech."""
-
-
-class DenoiseChild(Child):
-    """tests/mic_denoise_child.py in a child process started with the sound server's environment."""
-
-    def __init__(self, mode: str, options: dict[str, Any], env: dict[str, str]) -> None:
-        code = "from tests.mic_denoise_child import child_main; child_main()"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code, mode, json.dumps(options)], cwd=REPO, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines = []
 
 
 @pytest.fixture(scope="module")
@@ -54,64 +35,10 @@ def pulse() -> Iterator[PulseAudio]:
         server.stop()
 
 
-@dataclass
-class Played:
-    clean: np.ndarray
-    noisy: np.ndarray
-    speech: np.ndarray
-    """True between the speech's first and last loud sample."""
-
-
-def noisy_speech(seed: int = 0) -> Played:
-    voice = espeak(RATE)
-    voice = voice * 0.5 / np.abs(voice).max()
-    edge = np.zeros(round(EDGE_S * RATE), np.float32)
-    clean = np.concatenate([edge, voice, edge])
-    loud = np.flatnonzero(np.abs(clean) > 0.01)
-    speech = np.zeros(len(clean), bool)
-    speech[loud[0]: loud[-1]] = True
-    noise = np.random.default_rng(seed).standard_normal(len(clean))
-    noise *= np.sqrt(np.mean(clean[speech] ** 2) / 10 ** (SNR_DB / 10))
-    return Played(clean, (clean + noise).astype(np.float32), speech)
-
-
-def locate(recording: np.ndarray, sound: np.ndarray) -> int:
-    """Where ``sound`` starts in ``recording`` (the cross-correlation peak)."""
-    size = 2 * len(recording)
-    correlation = np.fft.irfft(np.fft.rfft(recording, size) * np.conj(np.fft.rfft(sound, size)), size)
-    return int(np.argmax(correlation[: len(recording) - len(sound) + 1]))
-
-
-def record_streams(pulse: PulseAudio, tmp_path: Path, denoise: list[bool], sound: np.ndarray
-                   ) -> tuple[np.lib.npyio.NpzFile, dict[str, Any]]:
-    options = {"denoise": denoise, "seconds": len(sound) / RATE + 2.5, "out": str(tmp_path)}
-    child = DenoiseChild("streams", options, pulse.client_env())
-    try:
-        child.wait_ready()
-        player = pulse.player(RATE, latency_ms=PLAYER_BUFFER_MS)
-        time.sleep(0.5)
-        player.write(sound)
-        player.finish()
-        code = child.finish(timeout=90)
-        assert code == 0, child.output()
-    finally:
-        child.stop()
-    return np.load(tmp_path / "streams.npz"), json.loads((tmp_path / "streams.json").read_text())
-
-
-def left_delay_ms(streams: Any, late: int, early: int, late_at: int, early_at: int, length: int) -> float:
-    """How much later the same sound left stream ``late`` than stream ``early`` (wall clock, mean over every
-    sample of it: a sample leaves with its 20 ms chunk, so single samples would be off by up to a chunk)."""
-    samples = np.arange(0, length, 7)
-    left_late = streams[f"left_{late}"][(late_at + samples) // CHUNK]
-    left_early = streams[f"left_{early}"][(early_at + samples) // CHUNK]
-    return float(np.mean(left_late - left_early) * 1000)
-
-
 def test_denoised_microphone_lowers_the_noise_floor_keeps_the_speech_and_states_its_delay(
     pulse: PulseAudio, tmp_path: Path
 ) -> None:
-    played = noisy_speech()
+    played = noisy_speech(RATE, SNR_DB)
     streams, meta = record_streams(pulse, tmp_path, [False, False, True], played.noisy)
     assert meta["added_latency_s"] == [0.0, 0.0, pytest.approx(0.0245)]
     starts = [locate(streams[f"samples_{n}"], played.clean) for n in range(3)]
@@ -124,8 +51,7 @@ def test_denoised_microphone_lowers_the_noise_floor_keeps_the_speech_and_states_
     baseline = left_delay_ms(streams, 1, 0, starts[1], starts[0], len(played.clean))
     added = left_delay_ms(streams, 2, 0, starts[2], starts[0], len(played.clean))
 
-    quiet = ~np.convolve(played.speech, np.ones(round(0.3 * RATE)), mode="same").astype(bool)
-    quiet[: round(0.2 * RATE)] = False  # RNNoise starts from nothing: its first 0.2 s are still adapting
+    quiet = played.quiet
     noise_drop = db(raw[quiet]) - db(denoised[quiet])
     speech_change = db(denoised[played.speech]) - db(raw[played.speech])
     print(f"\nmic denoise: noise floor {db(raw[quiet]):.1f} -> {db(denoised[quiet]):.1f} dBFS "
