@@ -237,6 +237,7 @@ def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: 
 
     run: list[FaceFrame] = []
     run_start = 0
+    tracked: tuple[int, int, int, int] | None = None
     stem = source.stem
 
     def write(frames: list[FaceFrame], first: int) -> None:
@@ -279,7 +280,8 @@ def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: 
             if silent is not None and silent[index]:
                 reason: str | None = SILENCE
             else:
-                face = detector.detect(image, previous=_last_face(run))
+                # tracked through trimmed frames too: a frame too dark to train on still shows where the face is
+                face = tracked = detector.detect(image, previous=tracked)
                 reason = _frame_fault(image, face, limits.min_face, cleaning.quality)
             if reason is not None or face is None:
                 reason = reason or NO_FACE
@@ -312,10 +314,6 @@ def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: 
                       f"and too small (under --min-face {limits.min_face} px) in {counts[SMALL_FACE]} of "
                       f"{video.frames} frames" + "".join(f", {reason} in {frames}" for reason, frames
                                                         in counts.items() if reason not in (NO_FACE, SMALL_FACE)))
-
-
-def _last_face(run: list[FaceFrame]) -> tuple[int, int, int, int] | None:
-    return run[-1].face if run else None
 
 
 def _frame_fault(image: Image, face: tuple[int, int, int, int] | None, min_face: int,
