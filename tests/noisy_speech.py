@@ -13,7 +13,7 @@ from anchorcast_plugins.voices.espeak_voice import EspeakLibrary
 
 SENTENCES = "The quick brown fox jumps over the lazy dog. Every newsroom needs a quiet microphone."
 CROWD = (
-    ("en+f3", 70, "Markets opened lower today as traders weighed the latest figures on inflation and jobs."),
+    ("nl", 70, "De markten openden vandaag lager nu handelaren de nieuwste cijfers over inflatie bekeken."),
     ("de", 40, "Der Zug nach Berlin hat heute leider zwanzig Minuten Verspätung, wir bitten um Entschuldigung."),
     ("fr", 60, "Le conseil municipal se réunira jeudi soir pour discuter du nouveau budget de la ville."),
     ("es", 30, "El partido terminó empatado después de una segunda parte muy intensa en el estadio."),

@@ -12,6 +12,10 @@ two frames (20 ms) late, with its voice-activity probability. Other rates are re
 
 Both functions return audio aligned with the input: sample k of the output is sample k of the input, denoised.
 The streaming class does so :attr:`StreamingDenoiser.latency_seconds` late.
+
+RNNoise is for steady noise (hiss, fans, hum): on eSpeak speech in white noise at 0 to 10 dB SNR it raises the SNR
+by 4 to 9 dB and lowers the noise-only stretches by about 60 dB, the speech's level within 1 dB. Speech-like noise
+(babble) it does not tell from the voice: it lowers both. ``python scripts/bench_denoise.py`` prints the figures.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ INT16_SCALE = 32768.0
 """RNNoise expects float samples in the int16 range; the host's audio is float in [-1, 1]."""
 FIR_HALF = 108
 """The resampling low-pass has 2 * FIR_HALF + 1 taps at 48 kHz, so its delay is FIR_HALF samples (2.25 ms), a
-multiple of 6 so that every rate dividing 48 kHz keeps whole-sample alignment; its stop band starts at the lower
-rate's Nyquist frequency and is more than 70 dB down."""
+multiple of 6 so that every rate dividing 48 kHz keeps whole-sample alignment. Measured for 16 kHz: flat (-0.1 dB)
+to 90 % of the Nyquist frequency (7.2 kHz), -6 dB at 95 %, -40 dB at 8 kHz and more than 75 dB down from 8.1 kHz."""
 
 INSTALL_HINT = "pip install 'anchorcast[wav2lip]' or 'anchorcast[live]' (pyrnnoise, which ships RNNoise and its model)"
 
@@ -126,8 +130,8 @@ class _RNNoise:
 
 
 def _lowpass(factor: int) -> np.ndarray:
-    """A Kaiser-windowed sinc at 48 kHz passing what a rate of 48 kHz / ``factor`` holds (to 90 % of its
-    Nyquist frequency), with a gain of 1."""
+    """A Kaiser-windowed sinc at 48 kHz passing what a rate of 48 kHz / ``factor`` holds (see FIR_HALF), with a
+    gain of 1."""
     n = np.arange(-FIR_HALF, FIR_HALF + 1)
     cutoff = 0.95 / factor / 2  # cycles per sample at 48 kHz: the middle of the transition band
     taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(len(n), 7.0)
