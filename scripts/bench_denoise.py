@@ -9,7 +9,8 @@
   same run, with where each puts the speech (the output's lag against the clean speech, in samples);
 - **added latency** of the live denoiser at 16 kHz in 20 ms blocks: computed (its ``latency_seconds``), measured
   offline (the lag of its output) and, where PulseAudio is installed, through the ``mic`` source and a PulseAudio
-  loopback (how much later a sound leaves a denoising mic source than an undenoised one recording it at once).
+  loopback (how much later a sound leaves a denoising mic source than an undenoised one recording it at once);
+  beside it what soxr's streaming resampler would make it (the output it holds back on 20 ms blocks).
 
     python scripts/bench_denoise.py [--short]
 
@@ -132,6 +133,28 @@ def measured_through_mic() -> tuple[float, float] | str:
     return added, baseline
 
 
+def soxr_stream_latency_ms(rate: int = 16000, quality: str = "HQ") -> float:
+    """The latency the live denoiser would have with soxr's streaming resampler instead of its FIR: RNNoise's
+    20 ms plus the most output each soxr stream (up, then down) holds back on 20 ms blocks."""
+    import soxr
+
+    def held_back(source: int, target: int, block: int) -> float:
+        stream = soxr.ResampleStream(source, target, 1, dtype="float32", quality=quality)
+        noise = np.random.default_rng(0).standard_normal(block * 200).astype(np.float32)
+        given = produced = 0
+        most = 0.0
+        for i in range(0, len(noise), block):
+            produced += len(stream.resample_chunk(noise[i: i + block]))
+            given += block
+            most = max(most, given * target / source - produced)
+        return most / target
+
+    block = round(rate * BLOCK_S)
+    up = held_back(rate, 48000, block)
+    down = held_back(48000, rate, block * 48000 // rate)
+    return 1000 * (0.020 + up + down)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="white and babble at 16 kHz, one pass (CI)")
@@ -163,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     latency.add_column("ms", justify="right")
     latency.add_row("computed (latency_seconds)", f"{1000 * live.latency_seconds:.1f}")
     latency.add_row("measured offline (output lag)", f"{1000 * offline / 16000:.1f}")
+    latency.add_row("with soxr streams (HQ) instead of the FIR: computed", f"{soxr_stream_latency_ms():.1f}")
     through = measured_through_mic()
     if isinstance(through, str):
         console.print(f"mic loopback: not measured ({through})")
