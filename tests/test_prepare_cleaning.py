@@ -232,6 +232,28 @@ def test_a_low_bit_rate_video_is_dropped_whole(tmp_path: Path) -> None:
     assert len(kept.dataset) == 1
 
 
+@pytest.mark.parametrize(("kind", "snr_db", "used"), [("white", 0, True), ("pink", 10, True), ("babble", 5, False),
+                                                    ("babble", 10, False)])
+def test_denoising_that_lowers_the_speech_keeps_the_original(kind: str, snr_db: float, used: bool) -> None:
+    """RNNoise keeps crowd voices as speech and lowers the presenter with them: that video keeps its sound."""
+    from tests.noisy_speech import noisy_speech
+
+    sample = noisy_speech(16000, snr_db, kind)
+    track = prepare_speech.speech_track(sample.noisy, denoise=True, voice_activity=True)
+    assert track.speech_change_db is not None
+    assert track.denoised is used, (kind, snr_db, track.speech_change_db)
+    if used:
+        assert track.skipped is None and track.speech_change_db > -2.0
+        assert sample.snr_db(track.audio) > sample.snr_db(sample.noisy) + 3
+    else:
+        assert track.speech_change_db < -prepare_speech.DEFAULT_MAX_SPEECH_LOSS_DB
+        assert track.skipped is not None and "lowered the speech by" in track.skipped
+        assert np.array_equal(track.audio, sample.noisy) and track.snr_after is None
+    assert track.frame_speech is not None  # the voice activity is measured either way
+    lenient = prepare_speech.speech_track(sample.noisy, denoise=True, voice_activity=True, max_speech_loss=40)
+    assert lenient.denoised
+
+
 def test_silence_mask_cuts_only_long_silences_with_padding() -> None:
     speech = np.ones(100, np.float32)
     speech[10:16] = 0.1  # 0.24 s: a pause between words, kept
@@ -285,12 +307,14 @@ def test_the_flags_defaults_are_the_modules(tmp_path: Path) -> None:
     assert prepare_args.DEFAULT_SPEECH_THRESHOLD == prepare_speech.DEFAULT_SPEECH_THRESHOLD
     assert prepare_args.DEFAULT_MIN_SILENCE == prepare_speech.DEFAULT_MIN_SILENCE
     assert prepare_args.DEFAULT_SILENCE_PAD == prepare_speech.DEFAULT_SILENCE_PAD
+    assert prepare_args.DEFAULT_MAX_SPEECH_LOSS_DB == prepare_speech.DEFAULT_MAX_SPEECH_LOSS_DB
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--min-sharpness", "-5", "--min-sharpness must be 0 or more"),
     ("--max-clipped", "2", "--max-clipped must be a fraction"),
     ("--min-silence", "0", "--min-silence must be more than 0 seconds"),
+    ("--max-speech-loss", "-1", "--max-speech-loss must be 0 dB or more"),
 ])
 def test_a_bad_flag_value_exits_with_a_clear_message(tmp_path: Path, flag: str, value: str, message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "anchorcast", "train", "prepare", "v.mp4", "--out",

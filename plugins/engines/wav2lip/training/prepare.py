@@ -64,6 +64,7 @@ from anchorcast_plugins.engines.wav2lip.training.prepare_report import (
     print_report,
 )
 from anchorcast_plugins.engines.wav2lip.training.prepare_speech import (
+    DEFAULT_MAX_SPEECH_LOSS_DB,
     DEFAULT_MIN_SILENCE,
     DEFAULT_SILENCE_PAD,
     DEFAULT_SPEECH_THRESHOLD,
@@ -97,6 +98,7 @@ class Cleaning:
     speech_threshold: float = DEFAULT_SPEECH_THRESHOLD
     min_silence: float = DEFAULT_MIN_SILENCE
     silence_pad: float = DEFAULT_SILENCE_PAD
+    max_speech_loss: float = DEFAULT_MAX_SPEECH_LOSS_DB
     quality: QualityGate | None = field(default_factory=QualityGate)
     cluster_people: bool = True
 
@@ -156,7 +158,8 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
         raise InputError("--min-resolution and --min-face must be positive")
     if max_offset < 0:
         raise InputError(f"--max-offset must be 0 or more, got {max_offset}")
-    check_speech_options(cleaning.speech_threshold, cleaning.min_silence, cleaning.silence_pad)
+    check_speech_options(cleaning.speech_threshold, cleaning.min_silence, cleaning.silence_pad,
+                         cleaning.max_speech_loss)
     limits = _Limits(min_seconds, max_seconds, min_resolution, min_face,
                      tuple(pads) if pads is not None else DEFAULT_PADS,  # type: ignore[arg-type]
                      smooth_window or DEFAULT_SMOOTH_WINDOW)
@@ -226,8 +229,10 @@ def _prepare_video(source: Path, speaker: str, writer: DatasetWriter, detector: 
                       f"{limits.min_seconds:g})")
     if cleaning.quality is not None and (fault := cleaning.quality.bitrate_fault(sound.bits_per_pixel)):
         raise Dropped(fault)
-    track = speech_track(sound.audio, denoise=cleaning.denoise, voice_activity=cleaning.trim_silence)
+    track = speech_track(sound.audio, denoise=cleaning.denoise, voice_activity=cleaning.trim_silence,
+                         max_speech_loss=cleaning.max_speech_loss)
     video.snr_before, video.snr_after = track.snr_before, track.snr_after
+    video.speech_change_db, video.denoise_note = track.speech_change_db, track.skipped
     silent = None
     if cleaning.trim_silence and track.frame_speech is not None:
         silent = silence_mask(track.frame_speech, cleaning.speech_threshold, cleaning.min_silence,

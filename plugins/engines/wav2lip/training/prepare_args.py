@@ -20,6 +20,7 @@ DEFAULT_MIN_BITS_PER_PIXEL = 0.02
 DEFAULT_SPEECH_THRESHOLD = 0.5
 DEFAULT_MIN_SILENCE = 0.5
 DEFAULT_SILENCE_PAD = 0.12
+DEFAULT_MAX_SPEECH_LOSS_DB = 6.0
 
 
 def configure_prepare(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,10 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
     sound.add_argument("--no-denoise", action="store_true",
                        help="keep the sound as it is (default: RNNoise denoises it; the original is kept as "
                             "clips/ID/audio_original.npy and the mel is made from the denoised sound)")
+    sound.add_argument("--max-speech-loss", type=float, default=DEFAULT_MAX_SPEECH_LOSS_DB, metavar="DB",
+                       help="keep the original sound of a video whose speech denoising lowers by more than this "
+                            f"(default {DEFAULT_MAX_SPEECH_LOSS_DB:g}: RNNoise lowers speech under 1 dB in white or "
+                            "pink noise, 13-18 dB in crowd babble, whose voices it keeps as speech)")
     sound.add_argument("--no-trim-silence", action="store_true",
                        help="keep silences (default: cut those longer than --min-silence)")
     sound.add_argument("--speech-threshold", type=float, default=DEFAULT_SPEECH_THRESHOLD, metavar="P",
@@ -90,5 +95,5 @@ def cleaning_from_args(args: argparse.Namespace) -> Any:
         min_bits_per_pixel=args.min_bits_per_pixel)
     return Cleaning(denoise=not args.no_denoise, trim_silence=not args.no_trim_silence,
                     speech_threshold=args.speech_threshold, min_silence=args.min_silence,
-                    silence_pad=args.silence_pad, quality=gate,
+                    silence_pad=args.silence_pad, max_speech_loss=args.max_speech_loss, quality=gate,
                     cluster_people=not args.speaker_per_folder)

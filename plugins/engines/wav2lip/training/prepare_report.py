@@ -55,6 +55,9 @@ class VideoReport:
     snr_after: float | None = None
     bits_per_pixel: float | None = None
     dropped: str | None = None
+    speech_change_db: float | None = None
+    denoise_note: str | None = None
+    """Why the denoised sound was not used (the speech fell too far), when that happened."""
 
     def trim(self, index: int, reason: str) -> None:
         """Counts frame ``index`` as trimmed for ``reason`` (joining the stretch it continues)."""
@@ -109,6 +112,8 @@ def print_report(report: PrepareReport) -> None:
             continue
         console.print(f"[bold]{name}[/]: {len(video.clips)} clips, {video.kept_frames / FPS:.1f} s of "
                       f"{video.frames / FPS:.1f} s", highlight=False)
+        if video.denoise_note:
+            console.print(f"  [yellow]{escape(video.denoise_note)}[/]", highlight=False)
         for clip in video.clips:
             console.print(f"  clip {escape(clip.id)}: frames {clip.start}-{clip.end}, speaker "
                           f"{escape(clip.speaker)}", highlight=False)
@@ -125,7 +130,8 @@ def print_report(report: PrepareReport) -> None:
         drops = Counter(_dropped_reason(s.reason) for s in video.dropped_clips)
         dropped = video.dropped or ", ".join(f"{reason} x{count}" for reason, count in drops.items())
         snr = "-" if video.snr_before is None else f"{video.snr_before:.1f}" + (
-            f" -> {video.snr_after:.1f}" if video.snr_after is not None else "")
+            f" -> {video.snr_after:.1f}" if video.snr_after is not None else
+            f" (kept: speech {video.speech_change_db:+.1f} dB)" if video.denoise_note else "")
         bits = "-" if video.bits_per_pixel is None else f"{video.bits_per_pixel:.3f}"
         table.add_row(escape(Path(video.source).name), str(video.frames), f"{video.kept_frames / FPS:.1f}",
                       escape(trimmed or "-"), escape(dropped or "-"), snr, bits)
