@@ -12,6 +12,9 @@ default batch sizes. A new stage added there is picked up by the table.
   the batch counts five-frame windows, so 1 window = 5 generated frames and the rate is frames/s.
 - ``finetune``: the same with only the face encoder trained (``train finetune``).
 - ``gan``: the same with the visual-quality discriminator and its own step (``train gan``).
+- ``alternate``: a ``train generator --alternate`` step with ``--disc-every 1``: the generator step against the
+  sync discriminator, then the sync discriminator's step (the generator's output for a batch of the same size, in
+  eval mode, and real pairs of as many windows: 3x the batch in lower-half windows).
 
 The expert is a SyncNet with random weights (the timing does not depend on them). Default batch sizes are per
 stage (syncnet 4,8,16,32; the generator-type stages, several seconds a step on a CPU, 1,2,4); ``--batches``
@@ -21,7 +24,7 @@ Columns: seconds per step (median of the timed steps after one warm-up step) and
 per second); with ``--bf16`` also the same under bfloat16 autocast and the bf16/fp32 speed ratio (fp32 s/step
 over bf16 s/step, both measured in this run: above 1 means bf16 is faster).
 
-    python scripts/bench_training.py [--stages syncnet,generator,finetune,gan] [--batches 1,2,4] [--steps 3]
+    python scripts/bench_training.py [--stages syncnet,generator,finetune,gan,alternate] [--batches 1,2,4] [--steps 3]
                                      [--device cpu] [--bf16]
 """
 
@@ -85,7 +88,7 @@ def syncnet_stage(batch: int, device: str, bf16: bool = False) -> StepRunner:
 
 def window_batch(batch: int) -> Any:
     """A random generator batch of ``batch`` five-frame windows (faces and targets in [0, 1], mels normal)."""
-    from anchorcast_plugins.engines.wav2lip.training.generator import WindowBatch
+    from anchorcast_plugins.engines.wav2lip.training.windows import WindowBatch
 
     rng = np.random.default_rng(0)
     return WindowBatch(
@@ -100,7 +103,7 @@ def window_batch(batch: int) -> Any:
 def generator_runner(batch: int, device: str, bf16: bool, *, disc: float = 0.0, **options: Any) -> StepRunner:
     """One :class:`GeneratorTrainer` step with the sync term on, against a random-weight expert."""
     from anchorcast_plugins.engines.wav2lip.models import SyncNet
-    from anchorcast_plugins.engines.wav2lip.training.generator import GeneratorTrainer, LossWeights
+    from anchorcast_plugins.engines.wav2lip.training.generator_trainer import GeneratorTrainer, LossWeights
 
     expert = SyncNet().to(device)
     trainer = GeneratorTrainer(expert, device, lr=1e-4, seed=0, bf16=bf16, **options)
@@ -127,6 +130,34 @@ def gan_stage(batch: int, device: str, bf16: bool = False) -> StepRunner:
     return generator_runner(batch, device, bf16, disc=0.07, discriminator=True, betas=(0.5, 0.999))
 
 
+def alternate_stage(batch: int, device: str, bf16: bool = False) -> StepRunner:
+    """One `train generator --alternate` step (disc every 1): the generator step judged by the sync
+    discriminator, then the discriminator's step on real pairs and the generator's output with shifted audio."""
+    from anchorcast_plugins.engines.wav2lip.models import SyncNet
+    from anchorcast_plugins.engines.wav2lip.training.alternate import SyncDiscriminator
+    from anchorcast_plugins.engines.wav2lip.training.generator_trainer import GeneratorTrainer, LossWeights
+    from anchorcast_plugins.engines.wav2lip.training.losses import frames_to_windows
+    from anchorcast_plugins.engines.wav2lip.training.syncnet import PairBatch
+
+    expert = SyncNet().to(device)
+    trainer = GeneratorTrainer(expert, device, lr=1e-4, seed=0, bf16=bf16)
+    disc = SyncDiscriminator(expert, device, lr=1e-4, bf16=bf16)
+    trainer.judge = disc.model
+    data, weights = window_batch(batch), LossWeights()
+    rng = np.random.default_rng(1)
+    real = PairBatch(faces=rng.random((batch, 15, 48, 96), dtype=np.float32),
+                     in_sync=rng.standard_normal((batch, 1, 80, 16), dtype=np.float32),
+                     off_sync=rng.standard_normal((batch, 1, 80, 16), dtype=np.float32),
+                     windows=np.zeros((batch, 2), np.int64))
+
+    def step() -> None:
+        trainer.step(data, weights, sync_on=True)
+        generated = trainer.predict(data)
+        disc.train_step(real, frames_to_windows(generated), data.sync_mels)
+
+    return step
+
+
 def syncnet_samples(batch: int) -> int:
     return 2 * max(1, batch // 2)
 
@@ -143,6 +174,7 @@ STAGES: dict[str, Stage] = {
     "generator": Stage(generator_stage, WINDOWS, "frames/s", window_frames, GENERATOR_BATCHES),
     "finetune": Stage(finetune_stage, WINDOWS, "frames/s", window_frames, GENERATOR_BATCHES),
     "gan": Stage(gan_stage, WINDOWS, "frames/s", window_frames, GENERATOR_BATCHES),
+    "alternate": Stage(alternate_stage, WINDOWS, "frames/s", window_frames, GENERATOR_BATCHES),
 }
 
 
@@ -183,7 +215,7 @@ def main() -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     parser.add_argument("--batches", type=batch_list, default=None,
                         help="comma-separated batch sizes for every stage (default per stage: syncnet 4,8,16,32; "
-                             "generator, finetune and gan 1,2,4)")
+                             "generator, finetune, gan and alternate 1,2,4)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mlu or auto")
     parser.add_argument("--bf16", action="store_true",

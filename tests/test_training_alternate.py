@@ -155,6 +155,23 @@ def test_a_collapsed_discriminator_is_reverted_and_stops(tiny, weights, tmp_path
     assert _close(_tensors(out / "syncnet.safetensors"), _tensors(weights[0])) == 0.0
 
 
+@pytest.mark.slow
+def test_the_gan_stage_alternates_beside_its_visual_discriminator(tiny, weights, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from anchorcast_plugins.engines.wav2lip.checkpoints import load_checkpoint
+    from anchorcast_plugins.engines.wav2lip.weights_store import import_weights
+
+    out = tmp_path / "gan"
+    done = train_generator(config(tiny, weights, out, stage="gan", steps=2, disc_every=1, eval_every=100))
+    assert all({"disc_loss", "sync_disc_loss", "adversarial"} <= set(s) for s in done["steps"])
+    assert load_checkpoint(out / "discriminator.safetensors", "discriminator").global_step == 2
+    assert load_checkpoint(out / "syncnet.safetensors", "syncnet").global_step == 2
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    assert set(state["companion_optimizers"]) == {"discriminator", "syncnet"}
+    monkeypatch.setenv("ANCHORCAST_HOME", str(tmp_path / "home"))  # the weights tools take the trained expert
+    assert import_weights(out / "syncnet.safetensors", "alternated", expected_kind="syncnet").global_step == 2
+
+
 def test_bad_alternation_options_are_one_clear_message(tiny, weights, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--disc-lr"):
         train_generator(config(tiny, weights, tmp_path / "a", disc_lr=0.0))
@@ -167,7 +184,7 @@ def test_bad_alternation_options_are_one_clear_message(tiny, weights, tmp_path: 
     configure_train(parser)
     args = parser.parse_args(["gan", "--data", "d", "--out", "o", "--expert", "e", "--from", "g", "--alternate",
                               "--disc-every", "3"])
-    assert args.alternate and args.disc_every == 3 and args.disc_lr == 1e-5
+    assert args.alternate and args.disc_every == 3 and args.disc_lr == 1e-4
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "--video", "v.mp4", "--out", "o", "--alternate"])
 

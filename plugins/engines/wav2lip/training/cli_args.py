@@ -97,7 +97,7 @@ class GeneratorDefaults:
     seed = 0
     device = "auto"
     disc_every = 1
-    disc_lr = 1e-5
+    disc_lr = 1e-4
     disc_floor = 0.6
     shift_min = 5
     eval_pairs = 32

@@ -110,9 +110,9 @@ class GeneratorConfig:
     """``generator`` and ``gan``: train the sync discriminator in turn with the generator (:mod:`.alternate`)."""
     disc_every: int = 1
     """Generator steps per sync-discriminator step."""
-    disc_lr: float = 1e-5
-    """The sync discriminator's Adam learning rate: a tenth of the expert's own, as it is fine-tuned, not
-    trained anew."""
+    disc_lr: float = 1e-4
+    """The sync discriminator's Adam learning rate: the rate ``train syncnet`` trains the expert with, and the
+    generator's default (the GAN stage's discriminator also learns at the generator's rate)."""
     disc_floor: float = 0.6
     """Below this held-out accuracy (real pairs) the sync discriminator is reverted and its steps stop."""
     shift_min: int = 5
