@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from anchorcast.host import Host
 from anchorcast.plugin_manager import PluginPolicy
+from tests import pulse as pulse_module
 from tests.components import RecordingPlugin
+from tests.pulse import PulseAudio
 
 
 @pytest.fixture
@@ -20,6 +23,19 @@ def plugin() -> RecordingPlugin:
 def host(plugin: RecordingPlugin) -> Host:
     """A host with the built-in plugins (entry points) and the recording plugin."""
     return Host.create(PluginPolicy(), extra_plugins=(plugin,))
+
+
+@pytest.fixture(scope="module")
+def pulse() -> Iterator[PulseAudio]:
+    """A private PulseAudio server with a loopback microphone (skips where PulseAudio is missing)."""
+    if pulse_module.available() is not None:
+        pytest.skip(str(pulse_module.available()))
+    server = PulseAudio()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def make_profile(lines: list[tuple[str, str]] | None = None, **tables: Any) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def child_main(argv: list[str] | None = None) -> None:
     mode, raw = (argv if argv is not None else sys.argv[1:])[:2]
     options = json.loads(raw)
     try:
-        {"capture": _child_capture, "host": _child_host, "error": _child_error}[mode](options)
+        {"capture": _child_capture, "host": child_host, "error": _child_error}[mode](options)
     except InputError as error:
         print("INPUT-ERROR " + json.dumps({"message": str(error), "hint": error.hint}), flush=True)
         raise SystemExit(3) from None
@@ -141,7 +141,7 @@ class ProbePlugin:
         register("test-mouth-probe", lambda host, settings: self.probe)
 
 
-def _child_host(options: dict[str, Any]) -> None:
+def child_host(options: dict[str, Any]) -> None:
     """mic -> live scheduler -> viseme engine -> MouthProbe, for ``seconds`` after the first frame aired."""
     from anchorcast.host import Host
     from anchorcast.plugin_manager import PluginPolicy
@@ -153,7 +153,7 @@ def _child_host(options: dict[str, Any]) -> None:
     profile = host.load_profile(None, raw={
         "stream": {"width": 160, "height": 120, "fps": 25, "sample_rate": RATE},
         "scheduler": {"pace": "realtime", "lead_in_ms": 0, "latency_budget_ms": options.get("budget_ms", 200)},
-        "source": {"use": "mic", "device": "pulse"},
+        "source": {"use": "mic", "device": "pulse", "denoise": options.get("denoise", False)},
         "engine": {"use": "viseme"},
         "outputs": {"probe": {"use": "test-mouth-probe"}},
     })

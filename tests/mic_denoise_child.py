@@ -6,8 +6,8 @@ the ``mic`` source from the PulseAudio loopback, with and without ``denoise``, a
 - ``streams``: one MicSource per entry of ``denoise`` (a list of booleans), all on the same device at once, each
   read by its own thread; every chunk's samples and the monotonic time it left the source are saved in
   ``streams.npz`` (``samples_N``, ``left_N``), and each source's ``added_latency_s`` in ``streams.json``;
-- ``host``: a live stream mic (``denoise`` as given) -> viseme -> a probe output; the run's report in
-  ``report.json``.
+- ``host``: tests/mic_child.py's live stream, mic (``denoise`` as given) -> viseme -> a probe output; the run's
+  report in ``report.json``.
 
 Both print ``READY`` once audio flows.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from anchorcast.media import StreamFormat
-from tests.mic_child import CHUNK, RATE, READY_TIMEOUT_S, REPO, Child, ProbePlugin
+from tests.mic_child import CHUNK, RATE, READY_TIMEOUT_S, REPO, Child, child_host
 from tests.pulse import PulseAudio
 
 PLAYER_BUFFER_MS = 250
@@ -35,7 +35,7 @@ PLAYER_BUFFER_MS = 250
 
 def child_main(argv: list[str] | None = None) -> None:
     mode, raw = (argv if argv is not None else sys.argv[1:])[:2]
-    {"streams": _streams, "host": _host}[mode](json.loads(raw))
+    {"streams": _streams, "host": child_host}[mode](json.loads(raw))
 
 
 def _streams(options: dict[str, Any]) -> None:
@@ -77,45 +77,6 @@ def _streams(options: dict[str, Any]) -> None:
     np.savez(out / "streams.npz", **arrays)  # type: ignore[arg-type]
     (out / "streams.json").write_text(json.dumps({"added_latency_s": [s.added_latency_s for s in sources],
                                                   "chunk": sources[0].chunk_samples}))
-
-
-def _host(options: dict[str, Any]) -> None:
-    from anchorcast.host import Host
-    from anchorcast.plugin_manager import PluginPolicy
-    from anchorcast_plugins.engines import viseme
-    from anchorcast_plugins.sources import mic_source
-
-    plugin = ProbePlugin()
-    host = Host.create(PluginPolicy(), entry_points=False, extra_plugins=(mic_source, viseme, plugin))
-    profile = host.load_profile(None, raw={
-        "stream": {"width": 160, "height": 120, "fps": 25, "sample_rate": RATE},
-        "scheduler": {"pace": "realtime", "lead_in_ms": 0, "latency_budget_ms": options["budget_ms"]},
-        "source": {"use": "mic", "device": "pulse", "denoise": options["denoise"]},
-        "engine": {"use": "viseme"},
-        "outputs": {"probe": {"use": "test-mouth-probe"}},
-    })
-    report: dict[str, Any] = {}
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            report.update(host.run(profile))
-        except BaseException as error:
-            failure.append(error)
-            plugin.probe.first_frame.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    plugin.probe.first_frame.wait(READY_TIMEOUT_S)
-    if failure:
-        raise failure[0]
-    print("READY", flush=True)
-    time.sleep(options["seconds"])
-    host.stop()
-    thread.join(30)
-    if failure:
-        raise failure[0]
-    (Path(options["out"]) / "report.json").write_text(json.dumps(report))
 
 
 # --- the parent's side -------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ wall clock against an undenoised capture of the same sound), and a live run take
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +13,12 @@ import pytest
 from anchorcast.errors import InputError
 from anchorcast.pacing import SchedulerConfig, budget_for_source
 from anchorcast_plugins.sources.mic_source import MicSource
-from tests import pulse as pulse_module
 from tests.mic_child import RATE
 from tests.mic_denoise_child import DenoiseChild, left_delay_ms, locate, record_streams
 from tests.noisy_speech import db, noisy_speech
 from tests.pulse import PulseAudio
 
 SNR_DB = 10.0
-
-
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[PulseAudio]:
-    if pulse_module.available() is not None:
-        pytest.skip(str(pulse_module.available()))
-    server = PulseAudio()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def test_denoised_microphone_lowers_the_noise_floor_keeps_the_speech_and_states_its_delay(

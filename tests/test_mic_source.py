@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,8 @@ import pytest
 
 from anchorcast.media import TextSegment
 from anchorcast_plugins.sources.mic_source import GapEstimator
-from tests import pulse as pulse_module
 from tests.mic_child import CHUNK, LIVE_BUDGET_MS, LOUD_RMS, RATE, REPO, Child, input_error, run_child
 from tests.pulse import PulseAudio, silence, tone
-
-
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[PulseAudio]:
-    if pulse_module.available() is not None:
-        pytest.skip(str(pulse_module.available()))
-    server = PulseAudio()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def loud_runs(samples: np.ndarray, block: int = CHUNK, threshold: float = LOUD_RMS, bridge: int = 5
