@@ -261,7 +261,8 @@ def _train(config: GeneratorConfig, trainer: GeneratorTrainer, dataset: Dataset 
         if disc is not None and first_eval["disc_accuracy"] < config.disc_floor:
             out.print(f"[yellow]note[/]: the expert's own held-out accuracy {first_eval['disc_accuracy']:.3f} is "
                       f"below --disc-floor {config.disc_floor}: the sync discriminator will be reverted at the "
-                      "first evaluation after its steps", highlight=False)
+                      "first evaluation after its steps unless it improves (train the expert longer, or pass a "
+                      "lower --disc-floor; 0.5 is chance)", highlight=False)
 
     def one_step(number: int) -> Mapping[str, float]:
         values = dict(trainer.step(sampler.sample(step_rng(config.seed, number), config.batch), weights,
