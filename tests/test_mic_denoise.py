@@ -21,6 +21,7 @@ from tests.pulse import PulseAudio
 SNR_DB = 10.0
 
 
+@pytest.mark.slow
 def test_denoised_microphone_lowers_the_noise_floor_keeps_the_speech_and_states_its_delay(
     pulse: PulseAudio, tmp_path: Path
 ) -> None:
@@ -64,6 +65,7 @@ def run_host(pulse: PulseAudio, tmp_path: Path, denoise: bool, seconds: float = 
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_live_run_takes_the_denoiser_delay_out_of_its_budget(pulse: PulseAudio, tmp_path: Path) -> None:
     """Audio airs 24.5 ms sooner after reaching the timeline with the denoiser on: mic to air stays the budget."""
     plain = run_host(pulse, tmp_path, False)
