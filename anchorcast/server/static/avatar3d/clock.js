@@ -9,7 +9,10 @@
 // pts is the latest not after it, so picture and sound agree within one frame by construction; state.offsets
 // records the difference for the tests. A chunk that arrives too late (or whose pts jumped far ahead)
 // re-anchors: one glitch, counted in `reanchors`; a late one also deepens the buffer (x1.5, to MAX_LEAD_S), for
-// a page whose main thread stalls (a slow GPU, a busy machine).
+// a page whose main thread stalls (a slow GPU, a busy machine). A chunk that would start more than MAX_AHEAD_S
+// beyond the buffer re-anchors too, stopping the sound scheduled before it: the page read a backlog in one go
+// (its main thread was busy loading the head while the socket filled), and keeping that anchor would play
+// everything seconds late and let the picture's buffer drop frames before their time.
 //
 // Without sound (?audio=0, or no Web Audio) the same clock runs on performance.now(): frames show LEAD_S after
 // they arrive.
@@ -17,7 +20,7 @@
 
 export const LEAD_S = 0.15;
 const MAX_LEAD_S = 0.6;
-const MAX_AHEAD_S = 5.0;  // further ahead than this: the stream's clock jumped (a new session), start over
+const MAX_AHEAD_S = 0.5;  // further ahead than the buffer: a backlog read at once, or the clock jumped
 
 export class AudioClock {
   constructor() {
@@ -26,6 +29,7 @@ export class AudioClock {
     this.lead = LEAD_S;
     this.reanchors = 0;
     this.scheduledUntil = 0;
+    this.scheduled = [];  // [source node, end time]: what a forward re-anchor stops
     this.gain = this.ctx.createGain();
     this.analyser = this.ctx.createAnalyser();
     this.analyser.fftSize = 512;  // about 10 ms: the level of the sound being rendered now
@@ -47,8 +51,13 @@ export class AudioClock {
     if (!samples.length) return;
     const now = this.ctx.currentTime;
     let start = this.anchor === null ? -1 : pts + this.anchor;
-    if (this.anchor === null || start < now + 0.005 || start > now + this.lead + MAX_AHEAD_S) {
+    const ahead = this.anchor !== null && start > now + this.lead + MAX_AHEAD_S;
+    if (this.anchor === null || start < now + 0.005 || ahead) {
       if (this.anchor !== null && start < now + 0.005) this.lead = Math.min(MAX_LEAD_S, this.lead * 1.5);
+      if (ahead) {
+        for (const [node] of this.scheduled) node.stop();
+        this.scheduled = [];
+      }
       this.anchor = now + this.lead - pts;
       start = now + this.lead;
       this.reanchors += 1;
@@ -61,6 +70,8 @@ export class AudioClock {
     source.connect(this.gain);
     source.start(start);
     this.scheduledUntil = start + samples.length / rate;
+    this.scheduled = this.scheduled.filter(([, end]) => end > now);
+    this.scheduled.push([source, this.scheduledUntil]);
   }
 
   /** The session pts playing at the speakers now, or null before the first sound. */
