@@ -2,10 +2,10 @@
 :class:`~anchorcast.scheduler.Scheduler`, which holds the state both share).
 
 Text is read by the voice sentence by sentence and laid on the timeline with pauses; audio chunks go on as they
-come. A live source's own delay (a denoising microphone) is taken out of the latency budget, which counts from
-the sound reaching the source. Live audio that arrives after the playout ran dry airs one latency budget later;
-a source's own events (utterance marks) air with the audio around them; an interrupt discards what was begun
-before it.
+come. A live source's own delay (a denoising microphone) is already out of the latency budget (the scheduler
+took it), so the budget counts from the sound reaching the source; the feeder records it as ``source_delay``.
+Live audio that arrives after the playout ran dry airs one latency budget later; a source's own events
+(utterance marks) air with the audio around them; an interrupt discards what was begun before it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from anchorcast.media import (
     UtteranceStarted,
     VoiceFailed,
 )
-from anchorcast.pacing import POLL_S, budget_for_source
+from anchorcast.pacing import POLL_S
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class Feeding:
         raise NotImplementedError
 
     def _feed(self) -> None:
-        # before any audio reaches the timeline, so the playout's clock starts on the adjusted budget
-        self.config = config = budget_for_source(self.config, self.source)
+        config = self.config
         if (added := getattr(self.source, "added_latency_s", 0.0)) and config.live:
             self.metrics.observe("source_delay", added * 1000)
         pause = self.clock.seconds_to_samples(config.pause_ms / 1000)

@@ -39,7 +39,14 @@ from anchorcast.media import (
 )
 from anchorcast.metrics import RunMetrics
 from anchorcast.output_recovery import OutputRecovery
-from anchorcast.pacing import POLL_S, BatchLatency, OverrunPolicy, SchedulerConfig, choose_batch
+from anchorcast.pacing import (
+    POLL_S,
+    BatchLatency,
+    OverrunPolicy,
+    SchedulerConfig,
+    budget_for_source,
+    choose_batch,
+)
 from anchorcast.renderer import Rendering
 from anchorcast.resampling import Resampler
 from anchorcast.timeline import Timeline
@@ -79,7 +86,8 @@ class Scheduler(Feeding, Rendering, Delivering):
         if config.overrun == "fallback" and fallback is None:
             raise AnchorcastError("overrun policy 'fallback' needs a fallback engine (scheduler.fallback)")
         self.fmt = fmt
-        self.config = config
+        # a live source's own delay (a denoising microphone, opened by now) is spent out of the budget
+        self.config = budget_for_source(config, source)
         self.clock = MediaClock(fmt.fps, fmt.sample_rate)
         self.timeline = Timeline(fmt.sample_rate)
         self.metrics = RunMetrics(float(fmt.fps), fmt.sample_rate)
