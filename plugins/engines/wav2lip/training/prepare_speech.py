@@ -96,45 +96,73 @@ def speech_track(audio: npt.NDArray[np.float32], *, denoise: bool, voice_activit
     speech = np.asarray(result.speech, np.float32)
     frames = -(-len(audio) // SAMPLES_PER_FRAME)
     per_frame = frame_probabilities(speech, float(result.frame_seconds), frames)
-    hop = max(1, round(float(result.frame_seconds) * SAMPLE_RATE))
-    snr_before = snr_estimate(audio, speech, hop)
+    voice = VoiceFrames.of(speech, len(audio), round(float(result.frame_seconds) * SAMPLE_RATE))
+    before = voice.power(audio)
+    snr_before = voice.snr(before)
     if not denoise:
         return SpeechTrack(audio, audio, per_frame, snr_before, None, False)
     cleaned = np.ascontiguousarray(result.audio, np.float32)
-    change = speech_level_change(audio, cleaned, speech, hop)
+    after = voice.power(cleaned)
+    change = voice.level_change(before, after)
     if change is not None and change < -max_speech_loss:
         why = (f"denoising not used: it lowered the speech by {-change:.1f} dB (over --max-speech-loss "
                f"{max_speech_loss:g}); other voices behind the presenter? RNNoise keeps them as speech")
         return SpeechTrack(audio, audio, per_frame, snr_before, None, False, change, why)
-    return SpeechTrack(cleaned, audio, per_frame, snr_before, snr_estimate(cleaned, speech, hop), True, change)
+    return SpeechTrack(cleaned, audio, per_frame, snr_before, voice.snr(after), True, change)
 
 
-def speech_level_change(original: npt.NDArray[np.float32], cleaned: npt.NDArray[np.float32],
-                        speech: npt.NDArray[np.float32], hop: int) -> float | None:
-    """The change in speech level (dB) from ``original`` to ``cleaned``: the mean power of the 10 ms frames
-    RNNoise calls speech, less the noise floor (the frames it calls noise) when there are enough of those to
-    measure one; None without speech."""
-    before = _speech_power(original, speech, hop)
-    after = _speech_power(cleaned, speech, hop)
-    if before is None or after is None:
-        return None
-    return float(10 * np.log10(max(after, 1e-20) / max(before, 1e-20)))
+@dataclass(frozen=True)
+class VoiceFrames:
+    """RNNoise's verdict on a track's 10 ms frames (``hop`` samples each): ``talk`` where its speech probability
+    reaches the threshold, ``noise`` where it is under :data:`NOISE_PROBABILITY`. The power of each frame of a
+    signal (the original, the denoised) is measured once and judged by these masks."""
 
+    hop: int
+    talk: npt.NDArray[np.bool_]
+    noise: npt.NDArray[np.bool_]
 
-def _speech_power(audio: npt.NDArray[np.float32], speech: npt.NDArray[np.float32], hop: int) -> float | None:
-    count = min(len(speech), len(audio) // hop)
-    if count == 0:
-        return None
-    power = np.mean(np.square(audio[: count * hop].astype(np.float64)).reshape(count, hop), axis=1)
-    talk, noise = speech[:count] >= DEFAULT_SPEECH_THRESHOLD, speech[:count] < NOISE_PROBABILITY
-    if not talk.any():
-        return None
-    talk_power = float(power[talk].mean())
-    if noise.mean() < MIN_NOISE_SHARE:
-        return talk_power
-    floor = float(power[noise].mean())
-    # a floor near the speech level (speech-like noise the VAD half-accepts) would make the difference meaningless
-    return talk_power - floor if talk_power - floor > 0.1 * talk_power else talk_power
+    @classmethod
+    def of(cls, speech: npt.NDArray[np.float32], samples: int, hop: int) -> VoiceFrames:
+        hop = max(1, hop)
+        count = min(len(speech), samples // hop)
+        return cls(hop, speech[:count] >= DEFAULT_SPEECH_THRESHOLD, speech[:count] < NOISE_PROBABILITY)
+
+    def power(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """The mean power of each judged frame of ``audio``."""
+        count = len(self.talk)
+        return np.mean(np.square(audio[: count * self.hop].astype(np.float64)).reshape(count, self.hop), axis=1)
+
+    def snr(self, power: npt.NDArray[np.float64]) -> float | None:
+        """Signal-to-noise ratio in dB: the mean power of the speech frames (less the noise power) over the mean
+        power of the noise frames; None without both kinds. Capped at :data:`SNR_CAP_DB` (a denoised pause can
+        be digital silence)."""
+        if not self.talk.any() or not self.noise.any():
+            return None
+        noise_power = float(power[self.noise].mean())
+        signal_power = max(float(power[self.talk].mean()) - noise_power, 1e-20)
+        if noise_power <= signal_power * 10 ** (-SNR_CAP_DB / 10):
+            return SNR_CAP_DB
+        return float(10 * np.log10(signal_power / noise_power))
+
+    def speech_power(self, power: npt.NDArray[np.float64]) -> float | None:
+        """The mean power of the speech frames, less the noise floor when enough frames are noise to measure one;
+        None without speech."""
+        if not self.talk.any():
+            return None
+        talk_power = float(power[self.talk].mean())
+        if self.noise.mean() < MIN_NOISE_SHARE:
+            return talk_power
+        floor = float(power[self.noise].mean())
+        # a floor near the speech level (speech-like noise the VAD half-accepts) would make the difference
+        # meaningless
+        return talk_power - floor if talk_power - floor > 0.1 * talk_power else talk_power
+
+    def level_change(self, before: npt.NDArray[np.float64], after: npt.NDArray[np.float64]) -> float | None:
+        """The change in speech level (dB) from the frame powers ``before`` to ``after``; None without speech."""
+        first, second = self.speech_power(before), self.speech_power(after)
+        if first is None or second is None:
+            return None
+        return float(10 * np.log10(max(second, 1e-20) / max(first, 1e-20)))
 
 
 def frame_probabilities(speech: npt.NDArray[np.float32], frame_seconds: float,
@@ -170,21 +198,3 @@ def silence_mask(frame_speech: npt.NDArray[np.float32], threshold: float, min_si
                 cut[lo:hi] = True
             start = None
     return cut
-
-
-def snr_estimate(audio: npt.NDArray[np.float32], speech: npt.NDArray[np.float32], hop: int) -> float | None:
-    """Signal-to-noise ratio in dB from voice activity: mean power of the 10 ms frames RNNoise calls speech (less
-    the noise power) over the mean power of those under :data:`NOISE_PROBABILITY`; None without both kinds.
-    Capped at :data:`SNR_CAP_DB` (a denoised pause can be digital silence)."""
-    count = min(len(speech), len(audio) // hop)
-    if count == 0:
-        return None
-    power = np.mean(np.square(audio[: count * hop].astype(np.float64)).reshape(count, hop), axis=1)
-    talk, noise = speech[:count] >= DEFAULT_SPEECH_THRESHOLD, speech[:count] < NOISE_PROBABILITY
-    if not talk.any() or not noise.any():
-        return None
-    noise_power = float(power[noise].mean())
-    signal_power = max(float(power[talk].mean()) - noise_power, 1e-20)
-    if noise_power <= signal_power * 10 ** (-SNR_CAP_DB / 10):
-        return SNR_CAP_DB
-    return float(10 * np.log10(signal_power / noise_power))
