@@ -181,7 +181,8 @@ def prepare_dataset(videos: list[Path], out: Path | str, *, speaker: str | None 
                 "min_face": min_face, "pads": list(limits.pads), "smooth_window": limits.smooth_window,
                 "detector": detector.name, "denoise": cleaning.denoise, "trim_silence": cleaning.trim_silence,
                 "speech_threshold": cleaning.speech_threshold, "min_silence": cleaning.min_silence,
-                "silence_pad": cleaning.silence_pad, "quality": None if gate is None else vars(gate),
+                "silence_pad": cleaning.silence_pad, "max_speech_loss": cleaning.max_speech_loss,
+                "quality": None if gate is None else vars(gate),
                 "people": "speaker" if speaker else "faces" if embedder else "folders"}
     with DatasetWriter(out, extra={"prepared": prepared}) as writer:
         for source in sources:
