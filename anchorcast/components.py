@@ -131,6 +131,9 @@ class LipEngine(Protocol):
     ``idle`` must be cheap: it is the overrun fallback and the frame shown in silence.
     An engine may also have a ``matte`` attribute: once open, the anchor's silhouette as an (H, W) uint8 alpha
     in output pixels, which the browser overlay uses to cut the anchor out (absent or None: the whole frame).
+    An engine may also have ``set_pacing(live: bool)``: the host calls it before ``open`` with whether the run is
+    paced on the wall clock (latency matters) or renders as fast as it can (throughput matters, e.g. larger
+    batches in ``max_batch`` and work overlapped across cores).
     """
 
     lookbehind: float

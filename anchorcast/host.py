@@ -170,18 +170,25 @@ class Host:
                               fallback_name)
                     voice_failed = VoiceFailed(0.0, profile.voice.use, fallback_name, str(error))
                     voice = voice_fallback
+            # outputs are built (not opened) first: whether one is live decides the pacing the engine opens for
+            built_outputs = [(label, stage, self.build(stage)) for label, stage in profile.outputs.items()]
+            live = profile.pace == "realtime" or (
+                profile.pace == "auto"
+                and any(o.live for o in [*(o for _, _, o in built_outputs), *(o for _, o in extra_outputs)])
+            )
             if engine is not None:
                 self._open_given(engine, fmt, opened)
             else:
-                engine = self._open(profile.engine, fmt, opened)
-            fallback: LipEngine | None = self._open(profile.fallback, fmt, opened) if profile.fallback else None
+                engine = self._open(profile.engine, fmt, opened, live=live)
+            fallback: LipEngine | None = (
+                self._open(profile.fallback, fmt, opened, live=live) if profile.fallback else None
+            )
             outputs: list[tuple[str, Output]] = [
-                (label, self._open(stage, fmt, opened)) for label, stage in profile.outputs.items()
+                (label, self._open(stage, fmt, opened, built=output)) for label, stage, output in built_outputs
             ]
             for label, output in extra_outputs:
                 self._open_given(output, fmt, opened)
                 outputs.append((label, output))
-            live = profile.pace == "realtime" or (profile.pace == "auto" and any(o.live for _, o in outputs))
             config = replace(profile.scheduler, live=live)
 
             def metrics(report: dict[str, Any]) -> None:
@@ -223,8 +230,13 @@ class Host:
         component.open(fmt)
         opened.append(component)
 
-    def _open(self, stage: Stage, fmt: StreamFormat, opened: list[Any]) -> Any:
-        component = self.build(stage)
+    def _open(
+        self, stage: Stage, fmt: StreamFormat, opened: list[Any], *, live: bool | None = None, built: Any = None
+    ) -> Any:
+        component = built if built is not None else self.build(stage)
+        set_pacing = getattr(component, "set_pacing", None)
+        if live is not None and callable(set_pacing):
+            set_pacing(live)
         started = time.perf_counter()
         with _missing_packages_explained(stage, self.plugins.components[(stage.kind, stage.use)].plugin):
             component.open(fmt)
