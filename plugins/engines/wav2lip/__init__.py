@@ -22,6 +22,9 @@ SETTINGS = {
         str, "auto", "auto: the fastest whose error against fp32 is within tolerance; or one by name",
         choices=("auto", "torch", "openvino-fp32", "openvino-int8"),
     ),
+    "remeasure": Setting(
+        bool, False, "measure the backends again instead of using the choice stored with the weights (auto only)"
+    ),
     "inference_streams": Setting(int, 1, "OpenVINO inference streams (2: throughput mode)", minimum=1, maximum=4),
     "max_batch": Setting(int, 4, "largest batch the scheduler may form", minimum=1, maximum=64),
 }

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from anchorcast import setup_progress
 from anchorcast.components import FrameJob
 from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
@@ -113,7 +114,9 @@ class Wav2LipEngine:
 
             avatar_path = bundled_avatar()
         face_box = self.settings.get("face_box")
-        self.avatar = open_avatar(Path(avatar_path), fps=Fraction(fmt.fps), face_box=_face_box(face_box))
+        with setup_progress.LazyStep("preparing the avatar", unit="frames") as preparing:
+            self.avatar = open_avatar(Path(avatar_path), fps=Fraction(fmt.fps), face_box=_face_box(face_box),
+                                      progress=preparing)
         self.layout = Layout((self.avatar.width, self.avatar.height), fmt, self.avatar.frame(0))
         self.timings["avatar_s"] = time.perf_counter() - started - self.timings["weights_s"]
 
@@ -123,7 +126,8 @@ class Wav2LipEngine:
             self.avatar,
             self.weights_id,
             request=self.settings.get("backend", "auto"),
-            calibration_mels=self._calibration_mels(),
+            calibration_mels=self._calibration_mels,  # made only when something is measured or built
+            remeasure=bool(self.settings.get("remeasure", False)),
             streams=int(self.settings.get("inference_streams", 1)),
             log=log.info,
         )
@@ -135,21 +139,9 @@ class Wav2LipEngine:
         )
 
     def _calibration_mels(self) -> npt.NDArray[np.float32]:
-        """Mel windows of real speech for calibrating a quantised backend: a sentence from the in-process
-        eSpeak NG voice (milliseconds to make, nothing to download)."""
-        from anchorcast.media import TextSegment
-        from anchorcast_plugins.engines.wav2lip.audio import mel_windows, melspectrogram
-        from anchorcast_plugins.voices.espeak_voice import EspeakVoice
-
-        voice = EspeakVoice("en")
-        text = "Good evening. Here is the news: markets rose, and the weather stays mild over the weekend."
-        audio = np.concatenate([speech.audio for speech in voice.synthesize(TextSegment(text))])
-        import soxr
-
-        audio16 = soxr.resample(audio, voice.sample_rate, SAMPLE_RATE).astype(np.float32)
-        mel = melspectrogram(audio16)
-        frames = int(len(audio16) / SAMPLE_RATE * 25)
-        return mel_windows(mel, frames, 25)[:, None]
+        """Speech mel windows for measuring backends and calibrating a quantised one (see
+        :func:`calibration_mels`); called only when something is measured or built."""
+        return calibration_mels()
 
     # --- per batch -----------------------------------------------------------------------------------------
 
@@ -208,6 +200,24 @@ class Wav2LipEngine:
             self.backend.close()
         self.backend = None
         self._idle_cache.clear()
+
+
+def calibration_mels() -> npt.NDArray[np.float32]:
+    """Mel windows (M, 1, 80, 16) of real speech for calibrating a quantised backend: a sentence from the
+    in-process eSpeak NG voice (nothing to download)."""
+    import soxr
+
+    from anchorcast.media import TextSegment
+    from anchorcast_plugins.engines.wav2lip.audio import mel_windows, melspectrogram
+    from anchorcast_plugins.voices.espeak_voice import EspeakVoice
+
+    voice = EspeakVoice("en")
+    text = "Good evening. Here is the news: markets rose, and the weather stays mild over the weekend."
+    audio = np.concatenate([speech.audio for speech in voice.synthesize(TextSegment(text))])
+    audio16 = soxr.resample(audio, voice.sample_rate, SAMPLE_RATE).astype(np.float32)
+    mel = melspectrogram(audio16)
+    frames = int(len(audio16) / SAMPLE_RATE * 25)
+    return mel_windows(mel, frames, 25)[:, None]
 
 
 def _face_box(value: Any) -> tuple[int, int, int, int] | None:
