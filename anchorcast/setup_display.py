@@ -30,15 +30,16 @@ def left_text(step: SetupStep) -> str:
 
 
 class SetupDisplay:
-    """A :data:`~anchorcast.setup_progress.Listener` drawing steps on ``console``: on ``progress`` (a running rich
-    Progress, whose extra columns ``fields(step)`` fills) or on its own Progress (see :func:`showing_setup`)."""
+    """A :data:`~anchorcast.setup_progress.Listener` drawing steps on ``console``, on ``progress``: a running rich
+    Progress whose extra columns ``fields(step)`` fills (default: ``unit`` and ``left``, as :func:`showing_setup`
+    makes it)."""
 
     def __init__(
         self, console: Console, progress: Progress, fields: Callable[[SetupStep], dict[str, Any]] | None = None
     ) -> None:
         self.console = console
         self.progress = progress
-        self.fields = fields or (lambda step: {"left": left_text(step)})
+        self.fields = fields or (lambda step: {"unit": step.unit, "left": left_text(step)})
         self._tasks: dict[int, TaskID] = {}
         self._said: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -58,9 +59,8 @@ class SetupDisplay:
                 del self._tasks[step.id]
             self.console.print(f"[dim]{escape(step.describe())}[/]", highlight=False)
             return
-        title = escape(step.title) + (f" ({escape(step.unit)})" if step.unit else "")
         if task is None:
-            self._tasks[step.id] = self.progress.add_task(title, total=step.total, completed=step.done or 0,
+            self._tasks[step.id] = self.progress.add_task(escape(step.title), total=step.total, completed=step.done or 0,
                                                           **self.fields(step))
         else:
             self.progress.update(task, total=step.total, completed=step.done or 0, **self.fields(step))
@@ -79,8 +79,8 @@ def showing_setup(console: Console) -> Iterator[SetupDisplay]:
     """Shows the set-up steps reported in this context on ``console`` with a progress display of its own (for
     commands without one, such as ``anchorcast weights bench``)."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[left]}"),
-        TimeElapsedColumn(), console=console, transient=True, refresh_per_second=4,
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+        TextColumn("{task.fields[left]}"), TimeElapsedColumn(), console=console, transient=True, refresh_per_second=4,
         disable=not console.is_terminal,
     )
     display = SetupDisplay(console, progress)

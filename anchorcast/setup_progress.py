@@ -63,7 +63,8 @@ class SetupStep:
         if self.finished:
             if self.failed:
                 return f"{self.title}: failed after {self.elapsed_s:.1f} s"
-            did = f"{self.done:g}{' ' + self.unit if self.unit else ''} " if self.done is not None else ""
+            unit = self.unit[:-1] if self.done == 1 and self.unit.endswith("s") else self.unit
+            did = f"{self.done:g}{' ' + unit if unit else ''} " if self.done is not None else ""
             return f"{self.title}: {did}in {self.elapsed_s:.1f} s"
         eta = self.eta_s()
         left = f", {eta:.0f} s left" if eta is not None else ""

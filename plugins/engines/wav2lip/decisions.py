@@ -90,7 +90,7 @@ def avatar_fingerprint(avatar: Any) -> dict[str, Any]:
     return {
         "source_sha256": str(getattr(avatar, "source_sha256", None) or ""),
         "crops_sha256": hashlib.sha256(crops.data).hexdigest()[:32],
-        "frames": int(len(crops)),
+        "frames": len(crops),
     }
 
 
