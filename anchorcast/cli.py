@@ -90,6 +90,9 @@ def _parser(commands: dict[str, Any]) -> argparse.ArgumentParser:
     run.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a profile value by its dotted path, e.g. --set stream.fps=30")
     run.add_argument("--metrics", type=Path, help="write the run's metrics as JSON to this file")
+    run.add_argument("--remeasure", action="store_true",
+                     help="measure the engine's backends again instead of using the stored choice "
+                          "(sets engine.remeasure = true)")
 
     sub.add_parser("plugins", help="list plugins and what they register")
 
@@ -139,10 +142,12 @@ def _run_overrides(args: argparse.Namespace, raw: dict[str, Any]) -> list[tuple[
 
 
 def command_run(_: Any, args: argparse.Namespace) -> int:
+    from anchorcast import setup_progress
     from anchorcast.console_keys import KeyCommands, RunKeys
     from anchorcast.display import RunDisplay, metrics_table
     from anchorcast.host import Host
     from anchorcast.profile import find_profile, read_toml
+    from anchorcast.setup_display import SetupDisplay, left_text
 
     path = find_profile(args.profile)
     raw = read_toml(path)
@@ -151,6 +156,9 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
         _check_writable(args.metrics, "--metrics")
     host = Host.for_profile(path, raw)
     profile = host.load_profile(path, raw=raw, overrides=overrides)
+    if args.remeasure:
+        _check_remeasure(host, profile)
+        profile = host.load_profile(path, raw=raw, overrides=[*overrides, ("engine.remeasure", True)])
     live = profile.pace == "realtime"
     console.print(f"[bold]anchorcast[/] {path.name}: {profile.source.use} -> "
                   f"{profile.voice.use + ' -> ' if profile.voice else ''}{profile.engine.use} -> "
@@ -180,7 +188,11 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
                 display.frame(aired, total)
                 run_keys.frame(aired, total)
 
-            report = host.run(profile, on_progress=progress, on_metrics=display.metrics, on_ready=run_keys.ready)
+            setup = SetupDisplay(console, display.progress,
+                                 lambda step: {"media": step.unit, "figures": left_text(step)})
+            with setup_progress.reporting(setup):
+                report = host.run(profile, on_progress=progress, on_metrics=display.metrics,
+                                  on_ready=run_keys.ready)
     finally:
         signal.signal(signal.SIGINT, previous)
     console.print(metrics_table(report))
@@ -199,6 +211,14 @@ def command_run(_: Any, args: argparse.Namespace) -> int:
         console.print("[yellow]interrupted: the output was closed cleanly[/]")
         return EXIT_INTERRUPTED
     return EXIT_OUTPUT_FAILED if failed else 0
+
+
+def _check_remeasure(host: Any, profile: Any) -> None:
+    """``--remeasure`` needs an engine that measures its backends (one with a ``remeasure`` setting)."""
+    engine = profile.engine.use
+    if "remeasure" not in host.plugins.components[("engine", engine)].settings:
+        raise AnchorcastError(f"--remeasure: the engine {engine!r} has no backends to measure",
+                              hint="it applies to engines that choose a backend by measuring, such as wav2lip")
 
 
 def _check_writable(path: Path, option: str) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def configure_weights(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``anchorcast weights``: ``import FILE [--name NAME] [--overwrite]`` and ``list``."""
+    """Arguments of ``anchorcast weights``: ``import FILE [--name NAME] [--overwrite]``, ``list`` and
+    ``bench NAME [--avatar PATH] [--face-box X,Y,W,H] [--backend-batch N] ...``."""
     actions = parser.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
     add = actions.add_parser("import", help="verify a Wav2Lip checkpoint and store a safetensors copy",
                              description="Verify a Wav2Lip checkpoint (any public container: .pth, TorchScript "
@@ -17,6 +18,23 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--name", help="store name (default: from the file name); profiles use it as `weights`")
     add.add_argument("--overwrite", action="store_true", help="replace other weights stored under this name")
     actions.add_parser("list", help="list the stored weights")
+    bench = actions.add_parser(
+        "bench", help="measure the backends for weights and an avatar now, and store the choice runs use",
+        description="Measure every candidate backend (speed, and error against fp32) for the weights NAME and an "
+                    "avatar, and store the choice with the weights: runs with backend = \"auto\" and the same "
+                    "weights, avatar, machine and settings then start without measuring.")
+    bench.add_argument("name", metavar="NAME", help="stored weights name (or a checkpoint path)")
+    bench.add_argument("--avatar", type=Path, metavar="PATH",
+                       help="a portrait, a video or an avatar folder (default: the bundled portrait)")
+    bench.add_argument("--face-box", metavar="X,Y,W,H", help="the face box, as the profile's engine.face_box")
+    bench.add_argument("--backend-batch", type=int, default=2, metavar="N",
+                       help="batch size the backends are timed at (default: 2, as runs use)")
+    bench.add_argument("--inference-streams", type=int, default=1, metavar="N",
+                       help="OpenVINO inference streams, as the run's (default: 1; pace = \"fast\" runs use one "
+                            "per core, up to 4)")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mlu[:N] (default: auto)")
+    bench.add_argument("--fps", type=float, default=25.0, metavar="N",
+                       help="the stream's frame rate, which a video avatar is prepared at (default: 25)")
 
 def configure_avatar(parser: argparse.ArgumentParser) -> None:
     """Adds ``prepare SOURCE [--out DIR] [--face-box x,y,w,h] [--fps N] [--max-seconds S]``."""

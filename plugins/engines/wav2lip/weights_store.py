@@ -2,7 +2,8 @@
 
 ``anchorcast weights import FILE`` verifies a checkpoint in any container :func:`~.checkpoints.load_checkpoint`
 accepts and stores ``<name>.safetensors`` with its model kind, hashes and source in the file's metadata;
-``anchorcast weights list`` shows what is stored. A profile names weights by store name or by path
+``anchorcast weights list`` shows what is stored; ``anchorcast weights bench NAME`` measures the backends for them
+and an avatar and stores the choice (:mod:`.weights_bench`, :mod:`.decisions`). A profile names weights by store name or by path
 (:func:`resolve_weights`). The folder is ``$ANCHORCAST_HOME/weights`` when ``ANCHORCAST_HOME`` is set, else
 ``$XDG_DATA_HOME/anchorcast/weights`` (``~/.local/share/anchorcast/weights``).
 """
@@ -183,7 +184,11 @@ def run_weights(host: Any, args: argparse.Namespace, console: Console | None = N
         return _run_import(out, args)
     if args.weights_action == "list":
         return _run_list(out)
-    raise InputError(f"unknown weights action {args.weights_action!r}", hint="use `import` or `list`")
+    if args.weights_action == "bench":
+        from .weights_bench import run_bench
+
+        return run_bench(out, args)
+    raise InputError(f"unknown weights action {args.weights_action!r}", hint="use `import`, `list` or `bench`")
 
 
 def _run_import(out: Console, args: argparse.Namespace) -> int:
