@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -213,6 +214,24 @@ def test_a_damaged_decisions_file_is_survived_and_rewritten(
     assert entry["backend"] == "torch-fp32" and entry["reports"]
     _, made, _ = open_auto()
     assert made == 0
+
+
+def test_a_decided_backend_that_cannot_be_built_any_more_is_measured_again(
+    open_auto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_auto()
+    (path,) = open_auto.folder.glob("*.json")
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    entry["backend"] = "openvino-int8"  # decided when OpenVINO was installed...
+    path.write_text(json.dumps(data))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # ...which it no longer is
+    bound, made, lines = open_auto()
+    assert made == 1 and bound.name == "torch-fp32"
+    assert any("measuring backends: the decided backend openvino-int8 cannot be built any more" in line
+               and "needs OpenVINO" in line for line in lines), lines
+    (entry,) = entries(open_auto.folder).values()
+    assert entry["backend"] == "torch-fp32"
 
 
 def test_an_explicit_backend_neither_reads_nor_stores_a_decision(generator, avatar, speech, tmp_path) -> None:
