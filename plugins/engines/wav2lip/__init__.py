@@ -26,7 +26,11 @@ SETTINGS = {
         bool, False, "measure the backends again instead of using the choice stored with the weights (auto only)"
     ),
     "inference_streams": Setting(int, 1, "OpenVINO inference streams (2: throughput mode)", minimum=1, maximum=4),
-    "max_batch": Setting(int, 4, "largest batch the scheduler may form", minimum=1, maximum=64),
+    "max_batch": Setting(int, 4, "largest batch the scheduler may form when paced live", minimum=1, maximum=64),
+    "throughput_batch": Setting(
+        int, 16, "largest batch when rendering as fast as possible (pace = \"fast\"), inferred in sub-batches "
+        "of max_batch that overlap with the paste", minimum=1, maximum=256,
+    ),
 }
 
 

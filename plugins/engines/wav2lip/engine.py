@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,10 @@ class Wav2LipEngine:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
-        self.max_batch = int(settings.get("max_batch", 8))
+        self.live_batch = int(settings.get("max_batch", 4))
+        self.throughput_batch = max(self.live_batch, int(settings.get("throughput_batch", 16)))
+        self.max_batch = self.live_batch
+        self.live = True
         self.lookbehind = (LOOKBEHIND_SAMPLES + 1) / SAMPLE_RATE
         self.lookahead = 0.2 + 0.03  # refined in open() for the stream's fps
         self.avatar: Avatar | None = None
@@ -84,6 +88,7 @@ class Wav2LipEngine:
         self._mel: FrameMel | None = None
         self._idle_cache: dict[int, Image] = {}
         self.timings: dict[str, float] = {}
+        self._inference_worker: ThreadPoolExecutor | None = None
 
     # --- set-up --------------------------------------------------------------------------------------------
 
@@ -128,7 +133,7 @@ class Wav2LipEngine:
             request=self.settings.get("backend", "auto"),
             calibration_mels=self._calibration_mels,  # made only when something is measured or built
             remeasure=bool(self.settings.get("remeasure", False)),
-            streams=int(self.settings.get("inference_streams", 1)),
+            streams=self._inference_streams(),
             log=log.info,
         )
         self.timings["backend_s"] = time.perf_counter() - started - sum(self.timings.values())
@@ -143,15 +148,47 @@ class Wav2LipEngine:
         :func:`calibration_mels`); called only when something is measured or built."""
         return calibration_mels()
 
+    def set_pacing(self, live: bool) -> None:
+        """Called before :meth:`open`. Live: batches of ``max_batch`` in the backend's latency mode. Fast (nobody
+        waits for a frame): batches of ``throughput_batch``, an OpenVINO backend in throughput mode with one
+        inference stream per core, and each sub-batch of ``max_batch`` pasted while later ones infer."""
+        self.live = live
+        self.max_batch = self.live_batch if live else self.throughput_batch
+
+    def _inference_streams(self) -> int:
+        from anchorcast_plugins.engines.wav2lip.backends import cpu_cores
+
+        asked = int(self.settings.get("inference_streams", 1))
+        if self.live or self.throughput_batch <= self.live_batch:  # no larger batches: nothing to run side by side
+            return asked
+        return max(asked, min(cpu_cores(), 4))
+
     # --- per batch -----------------------------------------------------------------------------------------
 
     def render(self, jobs: Sequence[FrameJob]) -> list[Image]:
         assert self._fmt is not None and self._mel is not None and self.avatar is not None
         contexts = [self._context16k(job) for job in jobs]
-        mels = self._mel.windows(contexts, [job.index for job in jobs], LOOKBEHIND_SAMPLES)
+        mels = self._mel.windows(contexts, [job.index for job in jobs], LOOKBEHIND_SAMPLES)[:, None]
+        mels = mels.astype(np.float32, copy=False)
         frames = [self.avatar.index(job.index) for job in jobs]
-        predictions = self.backend.predict(mels[:, None].astype(np.float32), frames)
-        return [self._paste(job, prediction) for job, prediction in zip(jobs, predictions, strict=True)]
+        if self.live or len(jobs) <= self.live_batch:
+            predictions = self.backend.predict(mels, frames)
+            return [self._paste(job, prediction) for job, prediction in zip(jobs, predictions, strict=True)]
+        parts = [slice(start, start + self.live_batch) for start in range(0, len(jobs), self.live_batch)]
+        pending = [self._submit(mels[part], frames[part]) for part in parts]
+        images: list[Image] = []
+        for part, future in zip(parts, pending, strict=True):
+            images += [self._paste(job, prediction) for job, prediction in zip(jobs[part], future.result(), strict=True)]
+        return images
+
+    def _submit(self, mels: npt.NDArray[np.float32], frames: list[int]) -> Future[npt.NDArray[np.float32]]:
+        """Inference of one sub-batch, started now: on the backend's own streams when it has several, otherwise on
+        one worker thread (torch and OpenVINO release the GIL while they compute, so the paste runs meanwhile)."""
+        if self.backend.streams > 1:
+            return self.backend.submit(mels, frames)
+        if self._inference_worker is None:
+            self._inference_worker = ThreadPoolExecutor(1, thread_name_prefix="w2l-infer")
+        return self._inference_worker.submit(self.backend.predict, mels, frames)
 
     def _context16k(self, job: FrameJob) -> npt.NDArray[np.float32]:
         """The job's audio at 16 kHz, starting LOOKBEHIND_SAMPLES before the frame's first sample."""
@@ -196,6 +233,9 @@ class Wav2LipEngine:
         return cached
 
     def close(self) -> None:
+        if self._inference_worker is not None:
+            self._inference_worker.shutdown(wait=True)
+            self._inference_worker = None
         if self.backend is not None and hasattr(self.backend, "close"):
             self.backend.close()
         self.backend = None
