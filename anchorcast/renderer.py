@@ -82,8 +82,10 @@ class Rendering:
                 continue
             if index < self._next_to_take:
                 continue  # the audio came from the playout padding this frame: it is on air already
-            available = self._frames_with_audio(index, cap, lookahead)
-            size = choose_batch(available, cap, self._latency, time.monotonic(), self._deadline(index))
+            # the first frame of a run airs as soon as it can: before anything aired, batches are a quarter size
+            first_cap = cap if self._next_to_air > 0 or self.config.live else max(1, cap // 4)
+            available = self._frames_with_audio(index, first_cap, lookahead)
+            size = choose_batch(available, first_cap, self._latency, time.monotonic(), self._deadline(index))
             if size == 0:
                 index += 1  # cannot make its deadline: the overrun policy will replace it at air time
                 continue

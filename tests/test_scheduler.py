@@ -74,6 +74,13 @@ def test_offline_batches_fill_to_the_engine_maximum() -> None:
     assert max(engine.batches) == 6
 
 
+def test_an_offline_run_starts_with_a_small_batch_so_its_first_frame_airs_early() -> None:
+    engine = LevelEngine(max_batch=8)
+    run(engine, CollectOutput(), SEGMENTS, SchedulerConfig(lead_in_ms=0, blend_ms=0))
+    assert engine.batches[0] <= 2  # a quarter of the maximum, until the first frame is on air
+    assert max(engine.batches) == 8
+
+
 def test_live_run_is_paced_on_the_wall_clock() -> None:
     config = SchedulerConfig(live=True, latency_budget_ms=150, lead_in_ms=100, tail_ms=100)
     output = CollectOutput(live=True)
