@@ -314,7 +314,7 @@ def test_weights_bench_stores_the_decision_a_run_reuses_and_remeasure_replaces(
 ) -> None:
     from anchorcast.cli import main
     from anchorcast.media import StreamFormat
-    from anchorcast_plugins.engines.wav2lip.engine import Wav2LipEngine
+    from anchorcast_plugins.engines.wav2lip.engine import Wav2LipEngine, throughput_streams
 
     monkeypatch.setenv("COLUMNS", "200")  # the whole table
     portrait = tmp_path / "portrait.png"
@@ -326,8 +326,12 @@ def test_weights_bench_stores_the_decision_a_run_reuses_and_remeasure_replaces(
     assert main(["weights", "bench", "test-gen", "--avatar", str(portrait), "--face-box", box]) == 0
     printed = capsys.readouterr().out
     assert "openvino-int8" in printed and "chosen" in printed and "frames/s" in printed
+    fast_streams = throughput_streams()
+    assert printed.count("stored with the weights") == len({1, fast_streams})  # live runs' and fast runs'
     (path,) = (home / "weights" / "decisions").glob("*.json")
-    (bench,) = json.loads(path.read_text())["entries"].values()
+    by_streams = {entry["key"]["streams"]: entry for entry in json.loads(path.read_text())["entries"].values()}
+    assert sorted(by_streams) == sorted({1, fast_streams})
+    bench = by_streams[1]
 
     settings = {"weights": "test-gen", "avatar": portrait, "face_box": list(ASTRONAUT_BOX), "device": "cpu",
                 "backend": "auto", "max_batch": 4}
@@ -343,13 +347,23 @@ def test_weights_bench_stores_the_decision_a_run_reuses_and_remeasure_replaces(
     finally:
         engine.close()
 
+    fast = Wav2LipEngine(dict(settings))
+    fast.set_pacing(False)  # pace = "fast": throughput mode, its own decision
+    fast.open(fmt)
+    try:
+        assert fast.backend.decision.measured_at == by_streams[fast_streams]["measured_at"]
+    finally:
+        fast.close()
+
     caplog.clear()
     engine = Wav2LipEngine({**settings, "remeasure": True})
     with caplog.at_level(logging.INFO):
         engine.open(fmt)
     engine.close()
     assert "measuring backends: asked to measure again" in caplog.text
-    (entry,) = json.loads(path.read_text())["entries"].values()  # the same key: replaced
+    entries = json.loads(path.read_text())["entries"].values()
+    assert len(entries) == len(by_streams)  # the same key: replaced
+    (entry,) = [entry for entry in entries if entry["key"]["streams"] == 1]
     assert [r["frames_per_s"] for r in entry["reports"]] != [r["frames_per_s"] for r in bench["reports"]]
 
 

@@ -29,9 +29,9 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--face-box", metavar="X,Y,W,H", help="the face box, as the profile's engine.face_box")
     bench.add_argument("--backend-batch", type=int, default=2, metavar="N",
                        help="batch size the backends are timed at (default: 2, as runs use)")
-    bench.add_argument("--inference-streams", type=int, default=1, metavar="N",
-                       help="OpenVINO inference streams, as the run's (default: 1; pace = \"fast\" runs use one "
-                            "per core, up to 4)")
+    bench.add_argument("--inference-streams", type=int, default=None, metavar="N",
+                       help="OpenVINO inference streams, as the run's (default: both 1, as live runs use, and one "
+                            "per core up to 4, as pace = \"fast\" runs use)")
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mlu[:N] (default: auto)")
     bench.add_argument("--fps", type=float, default=25.0, metavar="N",
                        help="the stream's frame rate, which a video avatar is prepared at (default: 25)")

@@ -156,12 +156,10 @@ class Wav2LipEngine:
         self.max_batch = self.live_batch if live else self.throughput_batch
 
     def _inference_streams(self) -> int:
-        from anchorcast_plugins.engines.wav2lip.backends import cpu_cores
-
         asked = int(self.settings.get("inference_streams", 1))
         if self.live or self.throughput_batch <= self.live_batch:  # no larger batches: nothing to run side by side
             return asked
-        return max(asked, min(cpu_cores(), 4))
+        return max(asked, throughput_streams())
 
     # --- per batch -----------------------------------------------------------------------------------------
 
@@ -258,6 +256,13 @@ def calibration_mels() -> npt.NDArray[np.float32]:
     mel = melspectrogram(audio16)
     frames = int(len(audio16) / SAMPLE_RATE * 25)
     return mel_windows(mel, frames, 25)[:, None]
+
+
+def throughput_streams() -> int:
+    """OpenVINO inference streams when rendering as fast as possible: one per core, at most 4."""
+    from anchorcast_plugins.engines.wav2lip.backends import cpu_cores
+
+    return min(cpu_cores(), 4)
 
 
 def _face_box(value: Any) -> tuple[int, int, int, int] | None:
