@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from anchorcast.errors import InputError
-from anchorcast_plugins.engines.wav2lip import weights_store
 from anchorcast_plugins.engines.wav2lip.checkpoints import (
     KINDS,
     CheckpointError,
@@ -498,7 +497,9 @@ def test_a_failed_write_leaves_no_half_file(home: Path, small_files: dict[str, P
         Path(filename).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(weights_store, "save_file", disk_full)
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)  # the writer the store calls
     with pytest.raises(InputError, match="could not write .*No space left"):
         import_weights(small_files["zip-pickle"], "mine", overwrite=True)
     assert [p.name for p in first.path.parent.iterdir()] == ["mine.safetensors"]

@@ -15,10 +15,9 @@ from concurrent.futures import Future
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from anchorcast import setup_progress
 from anchorcast.errors import InputError
@@ -28,8 +27,10 @@ from anchorcast_plugins.engines.wav2lip.backends import (
     Backend,
     Calibration,
     Features,
+    LazyModel,
     encode_features,
     make_calibration,
+    resolve_model,
     select_frames,
 )
 from anchorcast_plugins.engines.wav2lip.decisions import Decision, DecisionStore, decision_key
@@ -44,6 +45,10 @@ from anchorcast_plugins.engines.wav2lip.measurement import (  # noqa: F401  (re-
     prediction_error,
 )
 from anchorcast_plugins.engines.wav2lip.openvino_build import BuildInfo
+
+if TYPE_CHECKING:
+    from torch import nn
+
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ def generator_faces(crops: np.ndarray) -> np.ndarray:
 
 
 def load_or_encode_features(
-    model: nn.Module, crops: np.ndarray, path: Path, *, device: str = "cpu", dtype: Any = np.float16
+    model: nn.Module | LazyModel, crops: np.ndarray, path: Path, *, device: str = "cpu", dtype: Any = np.float16
 ) -> list[np.ndarray]:
     """The avatar's per-frame face-encoder features, read (memory-mapped) from ``path`` when it holds them for
     these crops, otherwise encoded (reported as the set-up step "encoding face features") and saved there: one
@@ -87,7 +92,7 @@ def load_or_encode_features(
         with setup_progress.step("encoding face features", len(crops), unit="frames") as step:
             for start in range(0, len(crops), ENCODE_CHUNK):
                 chunk = crops[start : start + ENCODE_CHUNK]
-                features = encode_features(model, generator_faces(chunk), dtype=dtype, device=device)
+                features = encode_features(resolve_model(model), generator_faces(chunk), dtype=dtype, device=device)
                 flat[start : start + len(chunk)] = np.concatenate([f.reshape(len(chunk), -1) for f in features], axis=1)
                 step.update(start + len(chunk))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,7 @@ class AvatarBackend:
 
 
 def backend_for_avatar(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     device: DeviceChoice,
     avatar: Any,
     weights_id: str,
@@ -276,7 +281,7 @@ class _ReportingBuilder:
     def __init__(self, cache: Path, weights_id: str, avatar_id: str, store: DecisionStore | None) -> None:
         self.cache, self.weights_id, self.avatar_id, self.store = cache, weights_id, avatar_id, store
 
-    def __call__(self, model: nn.Module, name: str, device: DeviceChoice, *args: Any) -> tuple[Backend, BuildInfo | None]:
+    def __call__(self, model: nn.Module | LazyModel, name: str, device: DeviceChoice, *args: Any) -> tuple[Backend, BuildInfo | None]:
         if device.kind != "cpu" or name not in BUILD_ESTIMATE_S or self._cached(name):
             return make_backend(model, name, device, *args)
         what = "export + calibration + compile" if name == "openvino-int8" else "export + compile"

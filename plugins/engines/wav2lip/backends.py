@@ -27,15 +27,17 @@ import copy
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from anchorcast_plugins.engines.wav2lip.devices import DeviceChoice, select_device
+
+if TYPE_CHECKING:  # torch is imported where a model is built or run: a warm OpenVINO start never needs it
+    import torch
+    from torch import nn
 
 BACKEND_VERSION = 1
 """Bump when an exported or quantised model would differ: old cache entries are then ignored."""
@@ -64,12 +66,40 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+# --- the model, built when first needed ------------------------------------------------------------------
+
+
+class LazyModel:
+    """The generator, built on first use. A warm start whose features and OpenVINO model are all cached never
+    uses it, and so never loads the checkpoint or imports torch (about 2 s)."""
+
+    def __init__(self, build: Callable[[], nn.Module]) -> None:
+        self._build = build
+        self._model: nn.Module | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> nn.Module:
+        if self._model is None:
+            self._model = self._build()
+        return self._model
+
+
+def resolve_model(model: nn.Module | LazyModel) -> nn.Module:
+    """The model itself, built now if it is a :class:`LazyModel`."""
+    return model.get() if isinstance(model, LazyModel) else model
+
+
 # --- BatchNorm folding and cached features ---------------------------------------------------------------
 
 
 def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """An equivalent eval-mode model with every BatchNorm2d that follows a Conv2d/ConvTranspose2d in a Sequential
     folded into that convolution's weight and bias (the BatchNorm becomes an Identity)."""
+    from torch import nn
+
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     for module in model.modules():
@@ -84,8 +114,17 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def _fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> None:
+    import torch
+
+    with torch.no_grad():
+        _fold_weights(conv, norm)
+
+
+def _fold_weights(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> None:
+    import torch
+    from torch import nn
+
     if conv.groups != 1:
         raise ValueError("folding BatchNorm into a grouped convolution is not supported")
     running_mean, running_var = norm.running_mean, norm.running_var
@@ -110,7 +149,6 @@ def feature_bytes_per_frame(dtype: Any = np.float16) -> int:
     return sum(math.prod(shape) for shape in FEATURE_SHAPES) * np.dtype(dtype).itemsize
 
 
-@torch.inference_mode()
 def encode_features(
     model: nn.Module,
     faces: np.ndarray,
@@ -121,16 +159,19 @@ def encode_features(
 ) -> list[np.ndarray]:
     """The face encoder's seven skip features for avatar faces (N, 6, 96, 96) in [0, 1] (masked target + reference,
     BGR): seven arrays (N, C, H, W) of ``dtype``, shallowest first. Computed once per avatar frame."""
+    import torch
+
     if faces.ndim != 4 or faces.shape[1:] != (6, 96, 96):
         raise ValueError(f"faces must be (N, 6, 96, 96), got {faces.shape}")
     model = model.eval()
     parameter = next(model.parameters())
     outputs: list[list[np.ndarray]] = [[] for _ in FEATURE_SHAPES]
-    for start in range(0, len(faces), batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(faces[start : start + batch_size], dtype=np.float32))
-        features = model.encode_face(chunk.to(device=parameter.device, dtype=parameter.dtype))
-        for store, feature in zip(outputs, features, strict=True):
-            store.append(feature.float().cpu().numpy().astype(dtype, copy=False))
+    with torch.inference_mode():
+        for start in range(0, len(faces), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(faces[start : start + batch_size], dtype=np.float32))
+            features = model.encode_face(chunk.to(device=parameter.device, dtype=parameter.dtype))
+            for store, feature in zip(outputs, features, strict=True):
+                store.append(feature.float().cpu().numpy().astype(dtype, copy=False))
     return [np.concatenate(store) for store in outputs]
 
 
@@ -191,25 +232,31 @@ class TorchBackend(Backend):
     """The folded generator in torch: channels_last, ``inference_mode``, float16 on accelerators."""
 
     def __init__(
-        self, model: nn.Module, device: DeviceChoice | None = None, *, threads: int | None = None
+        self, model: nn.Module | LazyModel, device: DeviceChoice | None = None, *, threads: int | None = None
     ) -> None:
         self.device = device or select_device("cpu")
+        import torch
+
         self.name = "torch-fp16" if self.device.half else "torch-fp32"
         if self.device.kind == "cpu":
             torch.set_num_threads(threads or cpu_cores())
-        folded = fold_batchnorm(model)
+        folded = fold_batchnorm(resolve_model(model))
         self.model = folded.to(
             device=self.device.device, dtype=self.device.dtype, memory_format=torch.channels_last
         )
 
-    @torch.inference_mode()
     def predict(self, mel: np.ndarray, features: Features) -> np.ndarray:
-        audio = self._tensor(mel)
-        skips = [self._tensor(feature) for feature in features]
-        out = self.model.decode(audio, skips)
-        return out.float().cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            audio = self._tensor(mel)
+            skips = [self._tensor(feature) for feature in features]
+            out = self.model.decode(audio, skips)
+            return out.float().cpu().numpy()
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         tensor = tensor.to(device=self.device.device, dtype=self.device.dtype, non_blocking=True)
         return tensor.contiguous(memory_format=torch.channels_last)

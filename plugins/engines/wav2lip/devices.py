@@ -12,15 +12,18 @@ or fails to load makes the MLU "unavailable: <reason>", never a crash. Probing g
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import platform
 import re
 from dataclasses import dataclass
-from typing import Literal, Protocol
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from anchorcast.errors import InputError
+
+if TYPE_CHECKING:  # imported where a device is probed or used: a plain CPU choice needs no torch
+    import torch
 
 DeviceKind = Literal["cpu", "cuda", "mlu"]
 
@@ -43,6 +46,8 @@ class DeviceChoice:
 
     @property
     def dtype(self) -> torch.dtype:
+        import torch
+
         return torch.float16 if self.half else torch.float32
 
     @property
@@ -79,12 +84,16 @@ class TorchDeviceProbe:
         self._mlu_status: str | bool | None = False  # False: not tried yet
 
     def cuda_count(self) -> int:
+        import torch
+
         try:
             return torch.cuda.device_count() if torch.cuda.is_available() else 0
         except Exception:  # a broken driver reads as "no CUDA", never as a crash
             return 0
 
     def cuda_name(self, index: int) -> str:
+        import torch
+
         try:
             return str(torch.cuda.get_device_name(index))
         except Exception:
@@ -96,6 +105,8 @@ class TorchDeviceProbe:
         return self._mlu_status  # type: ignore[return-value]
 
     def mlu_count(self) -> int:
+        import torch
+
         mlu = getattr(torch, "mlu", None)
         if mlu is None:
             return 0
@@ -105,18 +116,24 @@ class TorchDeviceProbe:
             return 0
 
     def mlu_name(self, index: int) -> str:
+        import torch
+
         try:
             return str(torch.mlu.get_device_name(index))  # type: ignore[attr-defined]
         except Exception:
             return "Cambricon MLU"
 
     def cpu_description(self) -> str:
+        import torch
+
         name = platform.processor() or platform.machine() or "CPU"
         return f"{name}, {torch.get_num_threads()} threads of {os.cpu_count() or 1} cores"
 
 
 def _import_torch_mlu() -> str | None:
     """Imports Cambricon's torch extension; returns why it is unusable, or None."""
+    import torch
+
     try:
         importlib.import_module("torch_mlu")
     except ModuleNotFoundError as error:
@@ -170,6 +187,31 @@ def select_device(request: str = "auto", *, probe: DeviceProbe | None = None) ->
     return _cuda(probe, index or 0)
 
 
+def cpu_without_probing(request: str = "auto") -> DeviceChoice | None:
+    """The CPU, chosen without importing torch, when ``request`` is ``cpu``, or ``auto`` on a machine with no trace
+    of an accelerator (no ``torch_mlu`` installed, no NVIDIA or AMD GPU device nodes); otherwise None: ask
+    :func:`select_device`. Lets a warm start that runs on OpenVINO skip importing torch (about 2 s)."""
+    kind, _ = parse_request(request)
+    if kind == "auto" and _accelerator_traces():
+        return None
+    if kind not in ("auto", "cpu"):
+        return None
+    from anchorcast_plugins.engines.wav2lip.backends import cpu_cores
+
+    name = platform.processor() or platform.machine() or "CPU"
+    return DeviceChoice("cpu", "cpu", False, f"cpu ({name}, {cpu_cores()} threads of {os.cpu_count() or 1} cores), "
+                        "float32")
+
+
+def _accelerator_traces() -> bool:
+    if importlib.util.find_spec("torch_mlu") is not None:
+        return True
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists() or (dev / "dxg").exists() or any(
+        dev.glob("cambricon*")
+    )
+
+
 def _check_index(wanted: str, label: str, index: int, count: int, hint: str) -> None:
     if count == 0:
         raise InputError(f"{wanted} requested but no {label} device is available", hint=hint)
@@ -214,6 +256,8 @@ def describe_devices(probe: DeviceProbe | None = None) -> list[str]:
 def synchronize(device: str | torch.device | DeviceChoice) -> None:
     """Waits for queued work on an accelerator (call before reading a clock); a no-op on the CPU."""
     name = device.device if isinstance(device, DeviceChoice) else str(device)
+    if name.startswith(("cuda", "mlu")):
+        import torch
     if name.startswith("cuda"):
         torch.cuda.synchronize(name)
     elif name.startswith("mlu"):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -27,6 +27,10 @@ from anchorcast.errors import InputError
 from anchorcast.media import Image, StreamFormat
 from anchorcast_plugins.engines.wav2lip.audio import LOOKBEHIND_SAMPLES, SAMPLE_RATE, FrameMel, lookahead_samples
 from anchorcast_plugins.engines.wav2lip.avatar import Avatar, open_avatar
+
+if TYPE_CHECKING:
+    from anchorcast_plugins.engines.wav2lip.backends import LazyModel
+    from anchorcast_plugins.engines.wav2lip.devices import DeviceChoice
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +96,6 @@ class Wav2LipEngine:
 
     def open(self, fmt: StreamFormat) -> None:
         from anchorcast_plugins.engines.wav2lip.backend_choice import backend_for_avatar
-        from anchorcast_plugins.engines.wav2lip.checkpoints import build_model
-        from anchorcast_plugins.engines.wav2lip.devices import select_device
-        from anchorcast_plugins.engines.wav2lip.weights_store import resolve_weights, weights_id
 
         started = time.perf_counter()
         self._fmt = fmt
@@ -103,12 +104,7 @@ class Wav2LipEngine:
         self.lookahead = lookahead_samples(fmt.fps) / SAMPLE_RATE + margin
         self._mel = FrameMel(fmt.fps)
 
-        loaded = resolve_weights(self.settings["weights"], expected_kind="generator")
-        self.weights_id = weights_id(loaded)
-        device = select_device(self.settings.get("device", "auto"))
-        model = build_model("generator", loaded.state_dict).to(device.device)
-        if device.half:
-            model = model.half()
+        model, device = self._weights_and_device()
         self.timings["weights_s"] = time.perf_counter() - started
 
         avatar_path: Path | None = self.settings.get("avatar")
@@ -140,6 +136,37 @@ class Wav2LipEngine:
             self.weights_id, self.avatar.folder, self.avatar.frame_count, self.backend.name, device.description,
             time.perf_counter() - started,
         )
+
+    def _weights_and_device(self) -> tuple[LazyModel, DeviceChoice]:
+        """The generator (built when first needed) and the device. Stored weights on the CPU are identified from
+        the stored file's header and the CPU is chosen without probing for accelerators, so a warm start whose
+        features and OpenVINO model are cached neither loads the checkpoint nor imports torch (about 2 s); weights
+        given as a path, and accelerators, are loaded and probed at once as before."""
+        from anchorcast_plugins.engines.wav2lip.backends import LazyModel
+        from anchorcast_plugins.engines.wav2lip.devices import cpu_without_probing, select_device
+        from anchorcast_plugins.engines.wav2lip.weights_store import (
+            resolve_weights,
+            stored_generator_id,
+            weights_id,
+        )
+
+        request = self.settings.get("device", "auto")
+        device = cpu_without_probing(request) or select_device(request)
+        stored_id = stored_generator_id(self.settings["weights"])
+        loaded = None if stored_id else resolve_weights(self.settings["weights"], expected_kind="generator")
+        self.weights_id = stored_id or weights_id(loaded)  # type: ignore[arg-type]
+
+        def build() -> Any:
+            from anchorcast_plugins.engines.wav2lip.checkpoints import build_model
+
+            checkpoint = loaded or resolve_weights(self.settings["weights"], expected_kind="generator")
+            model = build_model("generator", checkpoint.state_dict).to(device.device)
+            return model.half() if device.half else model
+
+        model = LazyModel(build)
+        if loaded is not None:
+            model.get()  # loaded already: a checkpoint that does not build fails here, as it always did
+        return model, device
 
     def _calibration_mels(self) -> npt.NDArray[np.float32]:
         """Speech mel windows for measuring backends and calibrating a quantised one (see

@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from anchorcast.errors import InputError
 from anchorcast_plugins.engines.wav2lip.backends import (
@@ -21,12 +20,17 @@ from anchorcast_plugins.engines.wav2lip.backends import (
     Backend,
     Calibration,
     Features,
+    LazyModel,
     TorchBackend,
 )
 from anchorcast_plugins.engines.wav2lip.devices import DeviceChoice, select_device, synchronize
 from anchorcast_plugins.engines.wav2lip.openvino_build import BuildInfo, build_openvino_backend
 
 # --- accuracy and automatic choice -----------------------------------------------------------------------
+
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class BackendReport:
 
 
 def choose_backend(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     calibration: Calibration,
     *,
     device: DeviceChoice | None = None,
@@ -181,7 +185,7 @@ class Unavailable(Exception):
 
 
 def make_backend(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     name: str,
     device: DeviceChoice,
     cache_dir: Path | None,

@@ -15,11 +15,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from anchorcast.errors import InputError
 from anchorcast_plugins.engines.wav2lip.backends import (
@@ -33,7 +31,13 @@ from anchorcast_plugins.engines.wav2lip.backends import (
     _inputs,
     cpu_cores,
     fold_batchnorm,
+    resolve_model,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from anchorcast_plugins.engines.wav2lip.backends import LazyModel
 
 # --- OpenVINO build and cache ----------------------------------------------------------------------------
 
@@ -99,7 +103,7 @@ def cache_key(backend: str, weights_id: str, avatar_id: str | None, settings: Qu
 
 
 def build_openvino_backend(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     backend: str,
     *,
     cache_dir: Path,
@@ -155,7 +159,8 @@ def build_openvino_backend(
 
 
 def _build_ir(
-    model: nn.Module, backend: str, xml: Path, calibration: Calibration | None, settings: QuantisationSettings
+    model: nn.Module | LazyModel, backend: str, xml: Path, calibration: Calibration | None,
+    settings: QuantisationSettings,
 ) -> dict[str, Any]:
     """Exports the folded decode path to ONNX, quantises it for int8, and saves OpenVINO IR at ``xml``."""
     import openvino as ov
@@ -164,7 +169,7 @@ def _build_ir(
     with tempfile.TemporaryDirectory(prefix="w2l-export-", dir=xml.parent) as scratch:
         started = time.perf_counter()
         onnx_path = Path(scratch) / "decoder-fp32.onnx"
-        export_decoder_onnx(model, onnx_path)
+        export_decoder_onnx(resolve_model(model), onnx_path)
         details: dict[str, Any] = {"export_s": round(time.perf_counter() - started, 2)}
         if backend == "openvino-int8":
             started = time.perf_counter()
@@ -181,20 +186,27 @@ def _build_ir(
     return details
 
 
-class _Decoder(nn.Module):
+def _decoder(model: nn.Module) -> nn.Module:
     """The decode path with the seven skip features as separate inputs (an exportable signature)."""
+    import torch
+    from torch import nn
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-    def forward(self, mel: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(mel, list(features))
+        def forward(self, mel: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+            return self.model.decode(mel, list(features))
+
+    return Decoder()
 
 
 def export_decoder_onnx(model: nn.Module, path: Path, *, opset: int = 17) -> None:
     """Writes the BatchNorm-folded decode path as ONNX: inputs ``mel`` (B,1,80,16) and ``face0``..``face6``, output
     ``pred`` (B,3,96,96), batch dimension dynamic."""
+    import torch
+
     folded = fold_batchnorm(model).float()
     mel = torch.zeros(1, 1, 80, 16)
     features = [torch.zeros(1, *shape) for shape in FEATURE_SHAPES]
@@ -202,7 +214,7 @@ def export_decoder_onnx(model: nn.Module, path: Path, *, opset: int = 17) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; it needs no onnxscript
         torch.onnx.export(
-            _Decoder(folded),
+            _decoder(folded),
             (mel, *features),
             str(path),
             input_names=list(INPUT_NAMES),

@@ -19,18 +19,19 @@ import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from anchorcast.errors import InputError
 from anchorcast.storage import anchorcast_home, file_sha256
 
-from .checkpoints import KIND_NAMES, KINDS, CheckpointError, LoadedCheckpoint, load_checkpoint
+if TYPE_CHECKING:  # torch loads with the checkpoint: a warm start on cached OpenVINO models never needs it
+    import torch
+
+    from .checkpoints import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ WEIGHTS_FORMAT = "anchorcast-wav2lip-weights/1"
 SUFFIX = ".safetensors"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar", ".safetensors", ".pkl")
+STORED_KINDS = ("generator", "syncnet", "discriminator")
+"""What a stored file may hold (checkpoints.KINDS, which tests keep equal; that module imports torch)."""
 IMPORT_HINT = "import weights with `anchorcast weights import FILE [--name NAME]`"
 
 
@@ -71,6 +74,8 @@ def weights_dir() -> Path:
 
 def weights_id(weights: LoadedCheckpoint | StoredWeights | Mapping[str, torch.Tensor]) -> str:
     """A stable short id of the tensors (the first 16 hex digits of their sha256), for keying cached features."""
+    from .checkpoints import LoadedCheckpoint
+
     if isinstance(weights, StoredWeights):
         return weights.weights_id
     if isinstance(weights, LoadedCheckpoint):
@@ -100,6 +105,8 @@ def import_weights(path: str | Path, name: str | None = None, *, overwrite: bool
     """
     source = Path(path).expanduser()
     name = _check_name(name) if name is not None else default_name(source)
+    from .checkpoints import load_checkpoint
+
     loaded = load_checkpoint(source, expected_kind)
     tensors = {key: value.contiguous() for key, value in loaded.state_dict.items()}
     sha256 = loaded.tensors_sha256
@@ -149,9 +156,25 @@ def list_weights() -> list[StoredWeights]:
     return entries
 
 
+def stored_generator_id(name: str) -> str | None:
+    """The weights id of generator weights stored under ``name``, from the stored file's header (neither its
+    tensors nor torch are loaded: a warm start whose models are all cached uses nothing else); None when ``name``
+    is a path, is not stored, or its header records no hash. :func:`resolve_weights` verifies the tensors when the
+    weights are loaded."""
+    text = str(name).strip()
+    if not NAME_PATTERN.fullmatch(text):
+        return None
+    entry = _read_entry(weights_dir() / f"{text}{SUFFIX}") if (weights_dir() / f"{text}{SUFFIX}").is_file() else None
+    if entry is None or entry.kind != "generator" or len(entry.sha256) < 16:
+        return None
+    return entry.weights_id
+
+
 def resolve_weights(name_or_path: str | Path, expected_kind: str | None = "generator") -> LoadedCheckpoint:
     """The verified weights a profile names: a store name (see :func:`list_weights`) or a path to a file in any
     supported container. A stored file whose tensors no longer match their recorded hash is refused."""
+    from .checkpoints import CheckpointError, load_checkpoint
+
     text = str(name_or_path).strip()
     if not text:
         raise InputError("no weights given", hint=IMPORT_HINT)
@@ -194,6 +217,8 @@ def run_weights(host: Any, args: argparse.Namespace, console: Console | None = N
 def _run_import(out: Console, args: argparse.Namespace) -> int:
     entry = import_weights(args.file, args.name, overwrite=args.overwrite)
     step = f", global_step {entry.global_step}" if entry.global_step is not None else ""
+    from .checkpoints import KIND_NAMES
+
     out.print(f"found {KIND_NAMES[entry.kind]} in {args.file} (container {entry.container}{step})",
               highlight=False)
     verb = "already stored as" if entry.already_stored else "stored as"
@@ -242,11 +267,11 @@ def _looks_like_path(text: str) -> bool:
 def _read_entry(path: Path) -> StoredWeights | None:
     """A stored file's record from its safetensors metadata (the tensors are not read)."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
+        with safe_open(str(path), framework="numpy") as file:
             metadata = dict(file.metadata() or {})
     except (SafetensorError, OSError):
         return None
-    if metadata.get("format") != WEIGHTS_FORMAT or metadata.get("kind") not in KINDS:
+    if metadata.get("format") != WEIGHTS_FORMAT or metadata.get("kind") not in STORED_KINDS:
         return None
     step = metadata.get("global_step", "")
     return StoredWeights(
@@ -266,6 +291,8 @@ def _write_atomically(folder: Path, target: Path, tensors: dict[str, torch.Tenso
     # A hidden name that list_weights skips; created by save_file, so the file gets the usual permissions.
     temporary = folder / f".{target.stem}.{secrets.token_hex(6)}.partial"
     try:
+        from safetensors.torch import save_file
+
         save_file(tensors, temporary, metadata)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
