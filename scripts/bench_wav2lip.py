@@ -43,6 +43,7 @@ from wav2lip_bench_backends import backend_table, cpu_line
 from wav2lip_bench_e2e import (
     ISSUE_OLD_FAST_S,
     VARIANTS,
+    before_variants,
     cold_runs,
     official_run,
     quoted_official,
@@ -95,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(_modes_table(modes, args.threads))
 
         say(f"end to end: anchorcast run on the {args.clip_seconds:g} s clip, {args.repeat} interleaved repeat(s)")
-        variants = tuple(v for v in VARIANTS if not args.short or v.backend == "auto")
+        variants = VARIANTS
+        if args.before:
+            this = [v for v in VARIANTS if not v.old]
+            before = before_variants(args.before, work)
+            variants = (this[0], before[0], this[1], before[1])
+        variants = tuple(v for v in variants if not args.short or v.backend == "auto")
         warm = warm_runs(inputs, work / "engine-home", work / "e2e", args.repeat, variants, log=say)
         official = (official_run(args.official, args.official_checkpoint, inputs, args.repeat) if args.official
                     else quoted_official(args.clip_seconds))  # fmt: skip
@@ -133,6 +139,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="build the generator table's OpenVINO models here (default: use the engine's)")
     parser.add_argument("--skip", default=None, help="generator table rows to leave out, comma-separated")
+    parser.add_argument("--before", metavar="REV", default=None,
+                        help="run the end-to-end rows' \"before\" with this git revision's code (e.g. the commit "
+                             "before issue 16) instead of emulating the old fast pace")
     parser.add_argument("--official", type=Path, default=None, help="a Rudrabha/Wav2Lip checkout to run here")
     parser.add_argument("--official-checkpoint", type=Path, default=None,
                         help="its checkpoint (default DIR/checkpoints/wav2lip.pth)")

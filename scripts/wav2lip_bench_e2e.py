@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,8 @@ class Variant:
     backend: str
     assignments: tuple[str, ...] = ()
     old: bool = False
+    pythonpath: str | None = None
+    """Where ``anchorcast`` and ``anchorcast_plugins`` are imported from instead (another revision's tree)."""
 
 
 VARIANTS = (
@@ -67,6 +70,8 @@ def run_clip(inputs: ClipInputs, home: Path, work: Path, variant: Variant, *, ti
     for assignment in variant.assignments:
         command += ["--set", assignment]
     env = {**os.environ, "ANCHORCAST_HOME": str(home), "W2L_BENCH_FIRST_FRAME": str(first), "COLUMNS": "200"}
+    if variant.pythonpath:
+        env["PYTHONPATH"] = variant.pythonpath
     launched = time.time()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.time() - launched
@@ -76,6 +81,33 @@ def run_clip(inputs: ClipInputs, home: Path, work: Path, variant: Variant, *, ti
     ready = re.findall(r"ready in ([0-9.]+) s", result.stdout + result.stderr)
     first_s = float(first.read_text()) - launched if first.is_file() else None
     return Run(wall, first_s, float(ready[-1]) if ready else None, int(report["frames"]), report)
+
+
+def before_variants(revision: str, work: Path) -> tuple[Variant, ...]:
+    """The code as it was at ``revision`` (a git revision of this repository, e.g. the commit before issue 16's
+    work), exported with ``git archive`` and imported in place of this build's: its fast pace, measured in the
+    same run, instead of this build's emulation of it."""
+    repository = Path(__file__).resolve().parent.parent
+    tree = work / "before-tree"
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repository), "archive", "--format=tar", revision],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--before {revision}: git archive failed: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    imports = work / "before-imports"  # the package names the installed distribution maps to these folders
+    imports.mkdir(exist_ok=True)
+    for name, folder in (("anchorcast", "anchorcast"), ("anchorcast_plugins", "plugins")):
+        link = imports / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(tree / folder, target_is_directory=True)
+    short = revision[:12]
+    return (
+        Variant(f"anchorcast {short} (before), backend auto", "auto", old=True, pythonpath=str(imports)),
+        Variant(f"anchorcast {short} (before), backend torch", "torch", old=True, pythonpath=str(imports)),
+    )
 
 
 def cold_runs(inputs: ClipInputs, template_work: Path, backends: tuple[str, ...]) -> list[dict[str, Any]]:
