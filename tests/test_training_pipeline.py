@@ -89,6 +89,7 @@ def native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+@pytest.mark.slow  # 2 minutes: the file-order pass runs it, the random-order pass of fast tests does not
 def test_prepare_syncnet_generator_finetune_gan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANCHORCAST_HOME", str(tmp_path / "home"))
     videos, data = tmp_path / "videos", tmp_path / "data"
