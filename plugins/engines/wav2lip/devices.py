@@ -126,8 +126,7 @@ class TorchDeviceProbe:
     def cpu_description(self) -> str:
         import torch
 
-        name = platform.processor() or platform.machine() or "CPU"
-        return f"{name}, {torch.get_num_threads()} threads of {os.cpu_count() or 1} cores"
+        return _cpu_description(torch.get_num_threads())
 
 
 def _import_torch_mlu() -> str | None:
@@ -198,9 +197,7 @@ def cpu_without_probing(request: str = "auto") -> DeviceChoice | None:
         return None
     from anchorcast_plugins.engines.wav2lip.backends import cpu_cores
 
-    name = platform.processor() or platform.machine() or "CPU"
-    return DeviceChoice("cpu", "cpu", False, f"cpu ({name}, {cpu_cores()} threads of {os.cpu_count() or 1} cores), "
-                        "float32")
+    return _cpu_choice(_cpu_description(cpu_cores()))  # the threads every CPU backend is given
 
 
 def _accelerator_traces() -> bool:
@@ -221,7 +218,16 @@ def _check_index(wanted: str, label: str, index: int, count: int, hint: str) -> 
 
 
 def _cpu(probe: DeviceProbe) -> DeviceChoice:
-    return DeviceChoice("cpu", "cpu", False, f"cpu ({probe.cpu_description()}), float32")
+    return _cpu_choice(probe.cpu_description())
+
+
+def _cpu_choice(description: str) -> DeviceChoice:
+    return DeviceChoice("cpu", "cpu", False, f"cpu ({description}), float32")
+
+
+def _cpu_description(threads: int) -> str:
+    name = platform.processor() or platform.machine() or "CPU"
+    return f"{name}, {threads} threads of {os.cpu_count() or 1} cores"
 
 
 def _cuda(probe: DeviceProbe, index: int) -> DeviceChoice:

@@ -125,7 +125,7 @@ class Wav2LipEngine:
             self.avatar,
             self.weights_id,
             request=self.settings.get("backend", "auto"),
-            calibration_mels=self._calibration_mels,  # made only when something is measured or built
+            calibration_mels=calibration_mels,  # made only when something is measured or built
             remeasure=bool(self.settings.get("remeasure", False)),
             streams=self._inference_streams(),
             log=log.info,
@@ -167,11 +167,6 @@ class Wav2LipEngine:
         if loaded is not None:
             model.get()  # loaded already: a checkpoint that does not build fails here, as it always did
         return model, device
-
-    def _calibration_mels(self) -> npt.NDArray[np.float32]:
-        """Speech mel windows for measuring backends and calibrating a quantised one (see
-        :func:`calibration_mels`); called only when something is measured or built."""
-        return calibration_mels()
 
     def set_pacing(self, live: bool) -> None:
         """Called before :meth:`open`. Live: batches of ``max_batch`` in the backend's latency mode. Fast (nobody

@@ -164,7 +164,8 @@ def stored_generator_id(name: str) -> str | None:
     text = str(name).strip()
     if not NAME_PATTERN.fullmatch(text):
         return None
-    entry = _read_entry(weights_dir() / f"{text}{SUFFIX}") if (weights_dir() / f"{text}{SUFFIX}").is_file() else None
+    stored = weights_dir() / f"{text}{SUFFIX}"
+    entry = _read_entry(stored) if stored.is_file() else None
     if entry is None or entry.kind != "generator" or len(entry.sha256) < 16:
         return None
     return entry.weights_id
